@@ -1,0 +1,131 @@
+"""MLP with exact GELU, per-sample stochastic depth, and the pre-norm transformer block."""
+
+import keras
+from keras import ops
+
+from keras_vitnt.layers.attention import Attention
+from keras_vitnt.layers.base import TimmMapped, dense, layer_norm, register
+
+
+@register
+class Mlp(TimmMapped, keras.layers.Layer):
+    """fc1 -> exact (erf) GELU -> fc2, timm's `Mlp`."""
+
+    timm_children = ("fc1", "fc2")
+
+    def __init__(self, hidden_dim, out_dim, drop=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = int(hidden_dim)
+        self.out_dim = int(out_dim)
+        self.drop = float(drop)
+        self.fc1 = dense(self.hidden_dim, "fc1")
+        self.fc2 = dense(self.out_dim, "fc2")
+        self.dropout = keras.layers.Dropout(self.drop)
+
+    def build(self, input_shape):
+        self.fc1.build(input_shape)
+        self.fc2.build(input_shape[:-1] + (self.hidden_dim,))
+
+    def call(self, x, training=None):
+        x = ops.gelu(self.fc1(x), approximate=False)
+        x = self.dropout(x, training=training)
+        return self.dropout(self.fc2(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:-1] + (self.out_dim,)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim, "drop": self.drop}
+
+
+@register
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops the whole residual branch per sample while training and
+    rescales the kept ones by 1 / (1 - rate). Identity at inference."""
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"DropPath: rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if self.rate > 0 else None
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype))
+        return x / ops.cast(keep, x.dtype) * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@register
+class TransformerBlock(TimmMapped, keras.layers.Layer):
+    """Pre-norm ViT block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`."""
+
+    timm_children = ("norm1", "attn", "norm2", "mlp")
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        drop_path=0.0,
+        attn_drop=0.0,
+        proj_drop=0.0,
+        norm_eps=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.num_heads = int(num_heads)
+        self.mlp_ratio = float(mlp_ratio)
+        self.qkv_bias = bool(qkv_bias)
+        self.drop_path = float(drop_path)
+        self.attn_drop = float(attn_drop)
+        self.proj_drop = float(proj_drop)
+        self.norm_eps = float(norm_eps)
+        self.norm1 = layer_norm(self.norm_eps, "norm1")
+        self.attn = Attention(
+            self.dim, self.num_heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop, proj_drop=self.proj_drop,
+            name="attn",
+        )
+        self.norm2 = layer_norm(self.norm_eps, "norm2")
+        self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, drop=self.proj_drop, name="mlp")
+        self.drop_path_layer = DropPath(self.drop_path)
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, training=None, return_attention_scores=False):
+        y = self.attn(self.norm1(x), training=training, return_attention_scores=return_attention_scores)
+        if return_attention_scores:
+            y, weights = y
+        x = x + self.drop_path_layer(y, training=training)
+        x = x + self.drop_path_layer(self.mlp(self.norm2(x), training=training), training=training)
+        return (x, weights) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "drop_path": self.drop_path,
+            "attn_drop": self.attn_drop,
+            "proj_drop": self.proj_drop,
+            "norm_eps": self.norm_eps,
+        }

@@ -1,0 +1,278 @@
+"""Layers that turn an image into a token sequence: input normalisation, patching
+(Conv2D k=s=P, and a rank-4 unfold for TNT), prefix tokens (class and distillation)
+and position embeddings (learned 1-D, learned 2-D, fixed sin-cos 2-D, none)."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_vitnt.layers.base import TimmMapped, register, torch_conv_init
+
+POS_EMBED_KINDS = ("learned_1d", "learned_2d", "sincos_2d", "none")
+
+
+@register
+class Preprocess(keras.layers.Layer):
+    """Maps RGB in [0, 255] to `(x / 255 - mean) / std`, timm's input normalisation."""
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._scale = np.array([1.0 / (255.0 * s) for s in self.std], "float32")
+        self._offset = np.array([-m / s for m, s in zip(self.mean, self.std)], "float32")
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        return x * ops.cast(self._scale, x.dtype) + ops.cast(self._offset, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def unfold_patches(x, patch_size):
+    """(B, H, W, C) -> (B * N, P, P, C), patches in row-major grid order.
+
+    Uses only rank-4 reshapes and one transpose (no tf.image.extract_patches, which is
+    a Flex op in LiteRT, and no rank-6 reshape). H, W, C must be static.
+    """
+    _, h, w, c = x.shape
+    p = patch_size
+    gh, gw = h // p, w // p
+    x = ops.reshape(x, (-1, p, gw, p * c))  # (B*gh, dy, gx, dx*C + c)
+    x = ops.transpose(x, (0, 2, 1, 3))  # (B*gh, gx, dy, dx*C + c)
+    return ops.reshape(x, (-1, p, p, c))
+
+
+@register
+class PatchEmbedding(TimmMapped, keras.layers.Layer):
+    """Conv2D with kernel = stride = P, flattened to (B, N, D) in row-major order."""
+
+    timm_children = ("proj",)
+
+    def __init__(self, patch_size, embed_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = int(patch_size)
+        self.embed_dim = int(embed_dim)
+        self.proj = keras.layers.Conv2D(
+            self.embed_dim,
+            self.patch_size,
+            strides=self.patch_size,
+            padding="valid",
+            kernel_initializer=torch_conv_init(),
+            bias_initializer="zeros",
+            name="proj",
+        )
+
+    def build(self, input_shape):
+        self.proj.build(input_shape)
+
+    def call(self, x):
+        x = self.proj(x)
+        _, gh, gw, d = x.shape
+        return ops.reshape(x, (-1, gh * gw, d))
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        return (b, (h // self.patch_size) * (w // self.patch_size), self.embed_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "embed_dim": self.embed_dim}
+
+
+@register
+class PrefixTokens(keras.layers.Layer):
+    """Prepends learned tokens: the class token, and DeiT's distillation token.
+
+    `num_tokens=1` gives `[cls]`, `2` gives `[cls, dist]` as in timm's distilled DeiT.
+    `token_init_std` follows timm: 1e-6 for ViT's class token, 0.02 for DeiT and TNT.
+    """
+
+    TIMM_NAMES = ("cls_token", "dist_token")
+    timm_root = True
+
+    def __init__(self, num_tokens=1, token_init_std=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        if num_tokens not in (1, 2):
+            raise ValueError(f"PrefixTokens: num_tokens must be 1 (class) or 2 (class + distillation), got {num_tokens}")
+        self.num_tokens = int(num_tokens)
+        self.token_init_std = float(token_init_std)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.tokens = [
+            self.add_weight(
+                shape=(1, 1, dim),
+                initializer=keras.initializers.TruncatedNormal(stddev=self.token_init_std),
+                name=self.TIMM_NAMES[i],
+            )
+            for i in range(self.num_tokens)
+        ]
+
+    def call(self, x):
+        batch = ops.shape(x)[0]
+        dim = x.shape[-1]
+        tokens = [ops.broadcast_to(ops.cast(t, x.dtype), (batch, 1, dim)) for t in self.tokens]
+        return ops.concatenate(tokens + [x], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        b, n, d = input_shape
+        return (b, None if n is None else n + self.num_tokens, d)
+
+    def timm_params(self, prefix):
+        for name, var in zip(self.TIMM_NAMES, self.tokens):
+            yield name, var, "identity"
+
+    def get_config(self):
+        return {**super().get_config(), "num_tokens": self.num_tokens, "token_init_std": self.token_init_std}
+
+
+def sincos_2d(grid_size, dim, temperature=10000.0):
+    """Fixed 2-D sin-cos table (MoCo v3 / timm `build_sincos2d_pos_embed`), (gh*gw, dim)."""
+    gh, gw = grid_size
+    if dim % 4:
+        raise ValueError(f"sincos_2d position embedding needs embed_dim divisible by 4, got {dim}")
+    pos_dim = dim // 4
+    omega = 1.0 / temperature ** (np.arange(pos_dim, dtype="float64") / pos_dim)
+    yy, xx = np.meshgrid(np.arange(gh, dtype="float64"), np.arange(gw, dtype="float64"), indexing="ij")
+    out_x = xx.reshape(-1, 1) * omega[None]
+    out_y = yy.reshape(-1, 1) * omega[None]
+    return np.concatenate([np.sin(out_x), np.cos(out_x), np.sin(out_y), np.cos(out_y)], axis=1).astype("float32")
+
+
+@register
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a position embedding to (B, prefix + N, D) tokens.
+
+    kind:
+      - "learned_1d": one learned table (1, prefix + N, D), as every timm checkpoint has.
+      - "learned_2d": the ViT paper's 2-D variant: a row table (gh, D/2) and a column table
+        (gw, D/2), concatenated per patch; prefix tokens get their own learned rows.
+      - "sincos_2d": fixed 2-D sin-cos (not trained); prefix tokens get zeros.
+      - "none": adds nothing.
+    """
+
+    def __init__(self, grid_size, num_prefix_tokens=1, kind="learned_1d", **kwargs):
+        super().__init__(**kwargs)
+        if kind not in POS_EMBED_KINDS:
+            raise ValueError(f"PositionEmbedding: unknown kind {kind!r}; choose one of {POS_EMBED_KINDS}")
+        self.grid_size = tuple(int(g) for g in grid_size)
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.kind = kind
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        gh, gw = self.grid_size
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        if self.kind == "learned_1d":
+            self.pos_embed = self.add_weight(
+                shape=(1, self.num_prefix_tokens + gh * gw, dim), initializer=init, name="pos_embed"
+            )
+        elif self.kind == "learned_2d":
+            if dim % 2:
+                raise ValueError(f"learned_2d position embedding needs an even embed_dim, got {dim}")
+            self.pos_embed_row = self.add_weight(shape=(gh, dim // 2), initializer=init, name="pos_embed_row")
+            self.pos_embed_col = self.add_weight(shape=(gw, dim // 2), initializer=init, name="pos_embed_col")
+            if self.num_prefix_tokens:
+                self.pos_embed_prefix = self.add_weight(
+                    shape=(1, self.num_prefix_tokens, dim), initializer=init, name="pos_embed_prefix"
+                )
+        elif self.kind == "sincos_2d":
+            table = sincos_2d(self.grid_size, dim)
+            table = np.concatenate([np.zeros((self.num_prefix_tokens, dim), "float32"), table])
+            self._sincos = table[None]
+
+    def embedding(self, dtype):
+        """The full (1, prefix + N, D) table in `dtype`, or None for kind="none"."""
+        if self.kind == "learned_1d":
+            return ops.cast(self.pos_embed, dtype)
+        if self.kind == "sincos_2d":
+            return ops.cast(self._sincos, dtype)
+        if self.kind == "learned_2d":
+            gh, gw = self.grid_size
+            half = self.pos_embed_row.shape[-1]
+            rows = ops.broadcast_to(ops.expand_dims(self.pos_embed_row, 1), (gh, gw, half))
+            cols = ops.broadcast_to(ops.expand_dims(self.pos_embed_col, 0), (gh, gw, half))
+            grid = ops.reshape(ops.concatenate([rows, cols], axis=-1), (1, gh * gw, 2 * half))
+            if self.num_prefix_tokens:
+                grid = ops.concatenate([self.pos_embed_prefix, grid], axis=1)
+            return ops.cast(grid, dtype)
+        return None
+
+    def call(self, x):
+        table = self.embedding(x.dtype)
+        return x if table is None else x + table
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def timm_params(self, prefix):
+        if self.kind == "learned_1d":
+            yield prefix, self.pos_embed, "identity"
+        elif self.kind == "learned_2d":
+            yield prefix + "_row", self.pos_embed_row, "identity"
+            yield prefix + "_col", self.pos_embed_col, "identity"
+            if self.num_prefix_tokens:
+                yield prefix + "_prefix", self.pos_embed_prefix, "identity"
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "grid_size": self.grid_size,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "kind": self.kind,
+        }
+
+
+@register
+class TokenPool(keras.layers.Layer):
+    """Reduces (B, T, D) tokens to (B, D).
+
+    mode "token": the class token (index 0); "dist": DeiT's distillation token (index 1);
+    "avg": mean of the patch tokens (after the prefix); "dist_avg": mean of the class and
+    distillation tokens (timm's DeiT pre-logits).
+    """
+
+    MODES = ("token", "dist", "avg", "dist_avg")
+
+    def __init__(self, mode="token", num_prefix_tokens=1, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"TokenPool: unknown mode {mode!r}; choose one of {self.MODES}")
+        if mode != "avg" and num_prefix_tokens < (1 if mode == "token" else 2):
+            raise ValueError(f"TokenPool: mode {mode!r} needs prefix tokens, the model has {num_prefix_tokens}")
+        self.mode = mode
+        self.num_prefix_tokens = int(num_prefix_tokens)
+
+    def call(self, x):
+        if self.mode == "token":
+            return x[:, 0]
+        if self.mode == "dist":
+            return x[:, 1]
+        if self.mode == "dist_avg":
+            return (x[:, 0] + x[:, 1]) * 0.5
+        return ops.mean(x[:, self.num_prefix_tokens :], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens}
+
+
+def grid_for(image_size, patch_size, what="model"):
+    """(gh, gw) for an (H, W) input, with a clear error when P does not divide it."""
+    h, w = image_size
+    if h is None or w is None:
+        raise ValueError(
+            f"{what}: the input height and width must be fixed (got {image_size}); position embeddings "
+            "are built for one patch grid. Pass input_shape=(H, W, 3)."
+        )
+    if h % patch_size or w % patch_size:
+        raise ValueError(
+            f"{what}: input size {h}x{w} is not divisible by the patch size {patch_size}. "
+            f"Use a size that is, e.g. {math.ceil(h / patch_size) * patch_size}x{math.ceil(w / patch_size) * patch_size}."
+        )
+    return h // patch_size, w // patch_size

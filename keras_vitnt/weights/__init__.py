@@ -1,0 +1,18 @@
+"""Checkpoint reading, timm -> Keras conversion and hub download."""
+
+from keras_vitnt.weights.convert import (
+    CheckpointMismatchError,
+    load_state_dict,
+    load_weights_file,
+    read_state_dict,
+)
+from keras_vitnt.weights.hub import WeightsUnavailableError, download
+
+__all__ = [
+    "CheckpointMismatchError",
+    "WeightsUnavailableError",
+    "download",
+    "load_state_dict",
+    "load_weights_file",
+    "read_state_dict",
+]

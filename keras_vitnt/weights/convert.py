@@ -1,0 +1,281 @@
+"""Loading timm checkpoints into keras_vitnt models: one conversion for every family.
+
+The Keras model is walked layer by layer; each layer names the timm tensors of its
+weights (layer names mirror timm's module names), so the conversion is a lookup plus a
+layout change (Linear (out, in) -> (in, out), Conv (O, I, kh, kw) -> (kh, kw, I, O),
+`pixel_pos` NCHW -> NHWC). Every tensor must be consumed and every Keras weight
+assigned; nothing is assigned until the whole checkpoint has been checked.
+"""
+
+import logging
+import os
+import re
+
+import keras
+import numpy as np
+
+log = logging.getLogger("keras_vitnt")
+
+HEAD_PREFIXES = ("head.", "head_dist.")
+
+LAYOUTS = {
+    "identity": lambda a: a,
+    "linear": lambda a: a.T,
+    "conv": lambda a: a.transpose(2, 3, 1, 0),
+    "nchw_to_nhwc": lambda a: a.transpose(0, 2, 3, 1),
+}
+
+
+def layer_timm_params(layer, prefix):
+    """Yield (timm_key, variable, layout) for the weights of one layer (recursively)."""
+    if isinstance(layer, keras.layers.Dense):
+        yield f"{prefix}.weight", layer.kernel, "linear"
+        if layer.use_bias:
+            yield f"{prefix}.bias", layer.bias, "identity"
+    elif isinstance(layer, keras.layers.Conv2D):
+        yield f"{prefix}.weight", layer.kernel, "conv"
+        if layer.use_bias:
+            yield f"{prefix}.bias", layer.bias, "identity"
+    elif isinstance(layer, keras.layers.LayerNormalization):
+        yield f"{prefix}.weight", layer.gamma, "identity"
+        yield f"{prefix}.bias", layer.beta, "identity"
+    elif hasattr(layer, "timm_params"):
+        yield from layer.timm_params(prefix)
+    elif layer.weights:
+        raise TypeError(f"layer {layer.name!r} ({type(layer).__name__}) has weights but no timm mapping")
+
+
+def timm_name(layer):
+    """Keras layer name -> timm module prefix: "blocks_3" -> "blocks.3"."""
+    if getattr(layer, "timm_root", False):
+        return ""
+    return re.sub(r"_(\d+)$", r".\1", layer.name)
+
+
+def model_timm_params(model):
+    """{timm_key: (variable, layout)} for every weight of the model."""
+    out = {}
+    for layer in model.layers:
+        for key, var, layout in layer_timm_params(layer, timm_name(layer)):
+            if key in out:
+                raise RuntimeError(f"two weights of the model map to the timm tensor {key!r}")
+            out[key] = (var, layout)
+    return out
+
+
+# --- reading files -----------------------------------------------------------------
+
+
+def read_state_dict(path):
+    """A checkpoint file -> {name: numpy array}. `.safetensors` needs no torch; `.pth`/`.bin`
+    import torch lazily and load with `weights_only=True` (no pickled code runs)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return _as_numpy(load_file(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(
+                f"{path!r} is not a readable safetensors file ({e}). It may be truncated or of another format: "
+                "delete it and download it again."
+            ) from e
+        except TypeError:
+            # bf16 tensors: numpy has no bfloat16; read through the framework-free reader
+            return _read_safetensors_any_dtype(path)
+    if lower.endswith((".pth", ".bin", ".pt", ".pth.tar")):
+        return _read_torch(path)
+    raise ValueError(
+        f"Unsupported checkpoint format {path!r}: expected .safetensors, .pth/.bin (torch state dict) or "
+        ".weights.h5 (Keras)."
+    )
+
+
+def _read_safetensors_any_dtype(path):
+    import ml_dtypes
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(path, framework="numpy") as f:
+        for k in f.keys():
+            out[k] = np.asarray(f.get_tensor(k).astype(ml_dtypes.bfloat16), dtype="float32")
+    return out
+
+
+def _read_torch(path):
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"Reading {path!r} needs PyTorch (torch.load). Install torch, or convert the file to .safetensors."
+        ) from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, objects refused by weights_only
+        raise ValueError(
+            f"Could not read {path!r} as a torch state dict with weights_only=True ({type(e).__name__}: {e}). "
+            "A file that needs arbitrary pickled code is refused on purpose; re-save it as a plain state dict "
+            "or as .safetensors."
+        ) from e
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+    out = {}
+    for k, v in obj.items():
+        if not hasattr(v, "detach"):
+            continue
+        k = k[len("module.") :] if k.startswith("module.") else k
+        out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
+    return out
+
+
+def _as_numpy(sd):
+    return {k: np.asarray(v) for k, v in sd.items()}
+
+
+# --- family filters (timm's checkpoint_filter_fn, the parts that rename) -----------
+
+_TNT_RENAMES = [
+    ("outer_pos", "patch_pos"),
+    ("inner_pos", "pixel_pos"),
+    ("patch_embed", "pixel_embed"),
+    ("proj_norm1", "norm1_proj"),
+    ("proj_norm2", "norm2_proj"),
+    ("inner_norm1", "norm_in"),
+    ("inner_attn", "attn_in"),
+    ("inner_norm2", "norm_mlp_in"),
+    ("inner_mlp", "mlp_in"),
+    ("outer_norm1", "norm_out"),
+    ("outer_attn", "attn_out"),
+    ("outer_norm2", "norm_mlp"),
+    ("outer_mlp", "mlp"),
+]
+
+
+def _filter_tnt(sd):
+    """Accept the original TNT release's names as timm does (timm-format files pass as is)."""
+    sd = dict(sd)
+    sd.pop("outer_tokens", None)
+    if "patch_pos" in sd:
+        return sd
+    out = {}
+    for k, v in sd.items():
+        for old, new in _TNT_RENAMES:
+            k = k.replace(old, new)
+        if k == "pixel_pos" and v.ndim == 3:  # (1, words, c) -> (1, c, w, w)
+            b, n, c = v.shape
+            side = int(round(n**0.5))
+            v = v.transpose(0, 2, 1).reshape(b, c, side, side)
+        out[k] = v
+    return out
+
+
+def _filter_vit(sd):
+    return dict(sd)
+
+
+FILTERS = {"vit": _filter_vit, "tnt": _filter_tnt}
+
+
+# --- loading ----------------------------------------------------------------------
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model's architecture."""
+
+
+def _fmt(keys, limit=8):
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_state_dict(model, state_dict, *, family, source="<state dict>"):
+    """Assign a timm state dict ({name: array}) to a keras_vitnt model.
+
+    Classifier rules (timm's): a checkpoint head whose class count differs from the model's,
+    or a model without a head, leaves the head out (logged); a checkpoint without a head
+    leaves the model's head at its random init (logged). Any other missing or unexpected
+    tensor, or shape mismatch, raises CheckpointMismatchError naming the tensors.
+    """
+    sd = FILTERS[family](state_dict)
+    params = model_timm_params(model)
+    is_head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
+
+    values, mismatched, head_mismatch = {}, [], []
+    for key, (var, layout) in params.items():
+        if key not in sd:
+            continue
+        value = LAYOUTS[layout](np.asarray(sd[key]))
+        if tuple(value.shape) != tuple(var.shape):
+            (head_mismatch if is_head(key) else mismatched).append((key, value.shape, tuple(var.shape)))
+            continue
+        values[key] = value
+
+    missing = [k for k in params if k not in sd]
+    unexpected = [k for k in sd if k not in params]
+    errors = []
+    if mismatched:
+        lines = [f"  {k}: checkpoint {tuple(a)} vs model {b} (Keras layout)" for k, a, b in mismatched[:12]]
+        hint = ""
+        if any(k.endswith(("pos_embed", "patch_pos")) for k, _, _ in mismatched):
+            hint = (
+                "\nThe position embedding covers another patch grid: build the model at the checkpoint's input "
+                "size (input_shape=...)."
+            )
+        errors.append("shape mismatches:\n" + "\n".join(lines) + hint)
+    body_missing = [k for k in missing if not is_head(k)]
+    body_unexpected = [k for k in unexpected if not is_head(k)]
+    if body_missing:
+        errors.append(f"tensors the model needs but the checkpoint lacks: {_fmt(body_missing)}")
+    if body_unexpected:
+        errors.append(f"tensors in the checkpoint the model has no place for: {_fmt(body_unexpected)}")
+    if errors:
+        raise CheckpointMismatchError(
+            f"Checkpoint {source} does not fit model {model.name!r}:\n"
+            + "\n".join(errors)
+            + "\nCheck that the file is for this architecture (the timm model name) and the overrides match."
+        )
+
+    head_keys = [k for k in params if is_head(k)]
+    if head_mismatch:
+        ckpt_classes = np.shape(sd["head.bias"])[0] if "head.bias" in sd else "?"
+        log.warning(
+            "%s: the checkpoint's classifier has %s classes, the model's %d: backbone loaded, a fresh "
+            "head initialised.",
+            source,
+            ckpt_classes,
+            params["head.weight"][0].shape[-1],
+        )
+        for k in head_keys:
+            values.pop(k, None)
+    elif head_keys and any(k in missing for k in head_keys):
+        log.warning("%s has no classifier head: backbone loaded, head left at its random init.", source)
+        for k in head_keys:
+            values.pop(k, None)
+    if not head_keys and any(is_head(k) for k in unexpected):
+        log.info("%s: classifier head not used (include_top=False).", source)
+
+    for key, value in values.items():
+        var = params[key][0]
+        var.assign(value.astype(keras.backend.standardize_dtype(var.dtype)))
+    log.info("loaded %d tensors from %s into %s", len(values), source, model.name)
+    return model
+
+
+def load_weights_file(model, path, *, family):
+    """Load any supported weights file into the model (format from the extension)."""
+    path = os.fspath(path)
+    if path.endswith(".weights.h5"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weights file {path!r} does not exist")
+        model.load_weights(path)
+        return model
+    return load_state_dict(model, read_state_dict(path), family=family, source=repr(path))
