@@ -1,20 +1,41 @@
 """keras_vitnt: Vision Transformers (ViT, DeiT) and Transformer-in-Transformer (TNT) for
-Keras 3, numerically identical to timm, in the style of keras.applications."""
+Keras 3, numerically identical to timm, in the style of keras.applications.
 
-from keras_vitnt import layers
-from keras_vitnt.models import DeiT, TNT, ViT, create_model, get_model_info, list_models
-from keras_vitnt.weights import CheckpointMismatchError, WeightsUnavailableError
+The layers are imported (and so registered for `keras.models.load_model`) with the
+package; the constructors and weight tools on first use.
+"""
+
+import importlib
+
+from keras_vitnt import layers  # noqa: F401  registers every layer for .keras loading
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointMismatchError",
-    "DeiT",
-    "TNT",
-    "ViT",
-    "WeightsUnavailableError",
-    "create_model",
-    "get_model_info",
-    "layers",
-    "list_models",
-]
+_PUBLIC = {
+    "ViT": "keras_vitnt.models",
+    "DeiT": "keras_vitnt.models",
+    "TNT": "keras_vitnt.models",
+    "create_model": "keras_vitnt.models",
+    "get_model_info": "keras_vitnt.models.registry",
+    "list_models": "keras_vitnt.models.registry",
+    "CheckpointMismatchError": "keras_vitnt.weights.convert",
+    "WeightsUnavailableError": "keras_vitnt.weights.hub",
+}
+_SUBMODULES = ("models", "weights")
+
+__all__ = sorted(_PUBLIC) + ["layers", "models", "weights"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"keras_vitnt.{name}")
+    else:
+        raise AttributeError(f"module 'keras_vitnt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

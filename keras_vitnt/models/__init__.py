@@ -1,56 +1,22 @@
-"""Model constructors: ViT, DeiT, TNT and create_model(timm_name)."""
+"""Model constructors: ViT, DeiT, TNT and create_model(timm_name). The registry
+(`keras_vitnt.models.registry`) imports without TensorFlow; the constructors load it."""
 
-from keras_vitnt.models import builder, registry
-from keras_vitnt.models.registry import get_model_info, list_models
-from keras_vitnt.models.tnt import TNT, tnt_trunk
-from keras_vitnt.models.vit import DeiT, ViT, vit_trunk
+import importlib
 
-TRUNKS = {"vit": vit_trunk, "tnt": tnt_trunk}
-
-
-def create_model(
-    model_name,
-    *,
-    include_top=True,
-    weights="imagenet",
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    drop_rate=0.0,
-    drop_path_rate=0.0,
-    name=None,
-    **overrides,
-):
-    """Build any registered model by its timm name, optionally with a pretrained tag:
-    `create_model("vit_base_patch16_224.augreg_in21k_ft_in1k")`. A `.tag` in the name
-    is used as `weights` unless `weights` is given as something other than "imagenet".
-    Keywords as for `ViT` / `TNT` (see their docstrings)."""
-    info = get_model_info(model_name)
-    _, tag = registry.split_name(model_name)
-    if tag is not None and weights == "imagenet":
-        info.get_tag(tag)  # raises with the list of tags if unknown
-        weights = tag
-    return builder.create(
-        info.family,
-        TRUNKS[info.family],
-        info.arch,
-        info.name,
-        overrides,
-        name=name or info.name,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        include_preprocessing=include_preprocessing,
-        drop_rate=drop_rate,
-        drop_path_rate=drop_path_rate,
-    )
+_PUBLIC = {
+    "ViT": "keras_vitnt.models.vit",
+    "DeiT": "keras_vitnt.models.vit",
+    "TNT": "keras_vitnt.models.tnt",
+    "create_model": "keras_vitnt.models.factory",
+    "get_model_info": "keras_vitnt.models.registry",
+    "list_models": "keras_vitnt.models.registry",
+}
+__all__ = sorted(_PUBLIC)
 
 
-__all__ = ["DeiT", "TNT", "ViT", "create_model", "get_model_info", "list_models"]
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'keras_vitnt.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value

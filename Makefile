@@ -1,0 +1,35 @@
+# Set-up and entry points. Every target creates/updates .venv itself: nothing depends on
+# what happens to be installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: test test-all demo install venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+# stamps: re-install when the package metadata changes
+$(VENV)/.stamp-base: setup.py pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: setup.py pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[test]"
+	touch $@ $(VENV)/.stamp-base
+
+install: $(VENV)/.stamp-base
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest -m "not slow"
+
+test-all: $(VENV)/.stamp-test
+	$(PY) -m pytest
+
+demo: $(VENV)/.stamp-base
+	$(VENV)/bin/keras-vitnt demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,91 @@
+"""The `keras-vitnt` command line: `list` and `demo` (more subcommands arrive with the
+predict / train / export / benchmark / visualize features)."""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+
+def cmd_list(args):
+    from keras_vitnt.models import registry
+
+    rows = []
+    for name in registry.list_models(args.pattern):
+        info = registry.REGISTRY[name]
+        tags = info.tags or ()
+        # parameters as timm counts them: with the default weights' head (none for headless tags)
+        params = registry.count_params(info.family, info.arch, classes=tags[0].num_classes if tags else 1000)
+        if not args.tags:
+            tags = tags[:1]
+        if not tags:
+            rows.append((name, "-", f"{params / 1e6:.2f}M", "-", "-"))
+        for t in tags:
+            top1 = f"{t.top1:.2f}" if t.top1 else "-"
+            rows.append((name, t.tag, f"{params / 1e6:.2f}M", str(t.num_classes), top1))
+    header = ("model", "default tag" if not args.tags else "tag", "params", "classes", "top-1")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*header))
+    print(fmt.format(*("-" * w for w in widths)))
+    for r in rows:
+        print(fmt.format(*r))
+    return 0
+
+
+def cmd_demo(args):
+    """Offline demo: builds one model of each family with random weights, shows its
+    summary, checks its parameter count against the registry, and times a forward pass."""
+    import numpy as np
+
+    import keras_vitnt
+    from keras_vitnt.models import registry
+
+    names = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_patch16_224", "tnt_s_legacy_patch16_224"]
+    images = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    print("keras_vitnt demo: one model per family, random init (no download)\n")
+    small = keras_vitnt.ViT("Ti/4", weights=None, input_shape=(32, 32, 3), classes=10, depth=4)
+    small.summary(line_length=100)
+    rows = []
+    for name in names:
+        model = keras_vitnt.create_model(name, weights=None)
+        info = registry.REGISTRY[name]
+        expected = registry.count_params(info.family, info.arch)
+        model.predict_on_batch(images)  # trace once
+        t0 = time.perf_counter()
+        probs = np.asarray(model.predict_on_batch(images))
+        dt = (time.perf_counter() - t0) / len(images)
+        if model.count_params() != expected or not np.allclose(probs.sum(-1), 1.0, atol=1e-4):
+            print(f"FAILED: {name} has {model.count_params()} parameters, expected {expected}", file=sys.stderr)
+            return 1
+        rows.append((name, model.count_params(), f"{dt * 1000:.0f} ms"))
+    print(f"\n{'model':<34}{'parameters':>14}{'CPU time/img':>16}")
+    for name, n, t in rows:
+        print(f"{name:<34}{n:>14,}{t:>16}")
+    print("\nParameter counts equal timm's. Pretrained weights: keras_vitnt.create_model(name, weights='imagenet').")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="keras-vitnt", description="ViT, DeiT and TNT for Keras 3, identical to timm.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("list", help="registered models with their default tag, parameters and top-1")
+    q.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit_*' or '*distilled*'")
+    q.add_argument("--tags", action="store_true", help="one row per pretrained tag")
+    q.set_defaults(func=cmd_list)
+    q = sub.add_parser("demo", help="offline demo: build each family, check and time it")
+    q.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

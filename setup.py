@@ -1,0 +1,47 @@
+"""keras_vitnt: ViT, DeiT and TNT for Keras 3 with timm-identical numbers."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_vitnt" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="keras_vitnt",
+    version=VERSION,
+    description="Vision Transformers (ViT, DeiT) and Transformer-in-Transformer (TNT) for Keras 3, "
+    "numerically identical to timm, with pretrained weights and mobile export",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_vitnt", "keras_vitnt.*"]),
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.8",
+        "numpy",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.23",
+        "ml_dtypes",
+    ],
+    extras_require={
+        # the reference oracle (timm on PyTorch) and the LiteRT interpreter for export checks;
+        # torch/torchvision pinned to the pair that installs from these machines' local wheels
+        "test": [
+            "pytest>=8",
+            "timm>=1.0.20",
+            "torch==2.14.1",
+            "torchvision==0.29.1",
+            "ai-edge-litert",
+        ],
+        "datasets": ["tensorflow-datasets"],
+    },
+    entry_points={"console_scripts": ["keras-vitnt=keras_vitnt.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
