@@ -46,7 +46,7 @@ def cmd_demo(args):
     images = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
     print("keras_vitnt demo: one model per family, random init (no download)\n")
     small = keras_vitnt.ViT("Ti/4", weights=None, input_shape=(32, 32, 3), classes=10, depth=4)
-    small.summary(line_length=100)
+    small.summary()
     rows = []
     for name in names:
         model = keras_vitnt.create_model(name, weights=None)

@@ -86,6 +86,7 @@ class Attention(_AttentionBase):
         self.qkv = dense(3 * self.dim, "qkv", use_bias=self.qkv_bias)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         self.qkv.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.dim,))
 
@@ -112,6 +113,7 @@ class TNTAttention(_AttentionBase):
         self.v = dense(self.dim, "v", use_bias=self.qkv_bias)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         self.qk.build(input_shape)
         self.v.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.dim,))

@@ -23,6 +23,7 @@ class Mlp(TimmMapped, keras.layers.Layer):
         self.dropout = keras.layers.Dropout(self.drop)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         self.fc1.build(input_shape)
         self.fc2.build(input_shape[:-1] + (self.hidden_dim,))
 
@@ -103,6 +104,7 @@ class TransformerBlock(TimmMapped, keras.layers.Layer):
         self.drop_path_layer = DropPath(self.drop_path)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
 

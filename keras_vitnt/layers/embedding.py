@@ -67,6 +67,7 @@ class PatchEmbedding(TimmMapped, keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         self.proj.build(input_shape)
 
     def call(self, x):
@@ -101,6 +102,7 @@ class PrefixTokens(keras.layers.Layer):
         self.token_init_std = float(token_init_std)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         dim = input_shape[-1]
         self.tokens = [
             self.add_weight(
@@ -163,6 +165,7 @@ class PositionEmbedding(keras.layers.Layer):
         self.kind = kind
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         dim = input_shape[-1]
         gh, gw = self.grid_size
         init = keras.initializers.TruncatedNormal(stddev=0.02)

@@ -52,6 +52,7 @@ class PixelEmbed(TimmMapped, keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         _, h, w, c = input_shape
         if self.legacy and self.patch_size % self.stride:
             raise ValueError(
@@ -108,6 +109,7 @@ class PixelToPatch(TimmMapped, keras.layers.Layer):
         self.norm2_proj = layer_norm(self.norm_eps, "norm2_proj")
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
         flat = (None, self.num_patches, input_shape[1] * input_shape[2])
         self.norm1_proj.build(flat)
         self.proj.build(flat)
@@ -190,7 +192,7 @@ class TNTBlock(TimmMapped, keras.layers.Layer):
         return tuple(names + ["norm_out", "attn_out", "norm_mlp", "mlp"])
 
     def build(self, input_shape):
-        pixel_shape, patch_shape = input_shape
+        pixel_shape, patch_shape = (tuple(s) for s in input_shape)
         flat = patch_shape[:-1] + (self.num_words * self.inner_dim,)
         for layer in (self.norm_in, self.attn_in, self.norm_mlp_in, self.mlp_in):
             layer.build(pixel_shape)

@@ -191,6 +191,14 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model's architecture."""
 
 
+def _guess_family(sd):
+    if "pixel_pos" in sd or "patch_pos" in sd:
+        return "tnt"
+    if "pos_embed" in sd or "patch_embed.proj.weight" in sd:
+        return "vit"
+    return None
+
+
 def _fmt(keys, limit=8):
     keys = sorted(keys)
     more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
@@ -238,6 +246,9 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>"):
     if body_unexpected:
         errors.append(f"tensors in the checkpoint the model has no place for: {_fmt(body_unexpected)}")
     if errors:
+        guess = _guess_family(sd)
+        if guess and guess != family:
+            errors.insert(0, f"this looks like a {guess.upper()} checkpoint, the model is a {family.upper()}")
         raise CheckpointMismatchError(
             f"Checkpoint {source} does not fit model {model.name!r}:\n"
             + "\n".join(errors)

@@ -1,0 +1,120 @@
+"""Layers: config round trips, attention weights against an independent computation,
+unfold order, DropPath, position-embedding kinds."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vitnt import layers as L
+
+LAYERS = [
+    L.Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4)),
+    L.PatchEmbedding(patch_size=4, embed_dim=8),
+    L.PrefixTokens(num_tokens=2, token_init_std=0.02),
+    L.PositionEmbedding(grid_size=(2, 3), num_prefix_tokens=1, kind="learned_2d"),
+    L.TokenPool(mode="dist_avg", num_prefix_tokens=2),
+    L.Attention(dim=8, num_heads=2, qkv_bias=False, attn_drop=0.1, proj_drop=0.2),
+    L.TNTAttention(dim=8, num_heads=2),
+    L.Mlp(hidden_dim=16, out_dim=8, drop=0.1),
+    L.DropPath(rate=0.2, seed=3),
+    L.TransformerBlock(dim=8, num_heads=2, mlp_ratio=2.0, drop_path=0.1, norm_eps=1e-5),
+    L.PixelEmbed(patch_size=8, inner_dim=4, stride=2, legacy=True),
+    L.PixelToPatch(num_patches=4, embed_dim=8),
+    L.TNTBlock(inner_dim=4, embed_dim=8, num_words=16, num_heads_inner=2, num_heads_outer=2, legacy=True),
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: type(layer).__name__)
+def test_get_config_is_init_args_and_round_trips(layer):
+    config = layer.get_config()
+    own = set(inspect.signature(type(layer).__init__).parameters) - {"self", "kwargs"}
+    base = set(keras.layers.Layer().get_config())
+    assert set(config) - base == own
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    # registered: resolvable by name as load_model does
+    assert keras.saving.get_registered_object(f"keras_vitnt>{type(layer).__name__}") is type(layer)
+
+
+def test_attention_weights_equal_independent_softmax():
+    rng = np.random.default_rng(0)
+    layer = L.Attention(dim=12, num_heads=3)
+    x = rng.standard_normal((2, 5, 12)).astype("float32")
+    out, weights = layer(x, return_attention_scores=True)
+    w, b = (np.asarray(v) for v in (layer.qkv.kernel, layer.qkv.bias))
+    b = rng.standard_normal(b.shape).astype("float32")
+    layer.qkv.bias.assign(b)
+    out, weights = layer(x, return_attention_scores=True)
+    qkv = x @ w + b
+    q, k, v = np.split(qkv, 3, axis=-1)
+    heads = lambda a: a.reshape(2, 5, 3, 4).transpose(0, 2, 1, 3)  # noqa: E731
+    logits = heads(q) @ heads(k).transpose(0, 1, 3, 2) / np.sqrt(4)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(weights), expected, rtol=1e-5, atol=1e-6)
+    # the fast path (dot_product_attention) gives the same output as the explicit one
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(out), rtol=1e-5, atol=1e-6)
+    proj_in = (expected @ heads(v)).transpose(0, 2, 1, 3).reshape(2, 5, 12)
+    expected_out = proj_in @ np.asarray(layer.proj.kernel) + np.asarray(layer.proj.bias)
+    np.testing.assert_allclose(np.asarray(out), expected_out, rtol=1e-4, atol=1e-5)
+
+
+def test_unfold_patches_row_major():
+    x = np.arange(2 * 8 * 12 * 3, dtype="float32").reshape(2, 8, 12, 3)
+    p = np.asarray(L.unfold_patches(keras.ops.convert_to_tensor(x), 4))
+    assert p.shape == (2 * 2 * 3, 4, 4, 3)
+    expected = [x[b, i * 4:(i + 1) * 4, j * 4:(j + 1) * 4] for b in range(2) for i in range(2) for j in range(3)]
+    np.testing.assert_array_equal(p, np.stack(expected))
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+    layer = L.DropPath(0.5, seed=1)
+    x = np.ones((400, 3, 2), "float32")
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    y = np.asarray(layer(x, training=True))
+    per_sample = y.reshape(400, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(1) == per_sample.max(1))  # a sample is kept or dropped whole
+    assert 0.35 < (per_sample[:, 0] > 0).mean() < 0.65
+
+
+@pytest.mark.parametrize("kind,trainable", [("learned_1d", 1), ("learned_2d", 3), ("sincos_2d", 0), ("none", 0)])
+def test_position_embedding_kinds(kind, trainable):
+    layer = L.PositionEmbedding((2, 3), num_prefix_tokens=1, kind=kind)
+    x = np.zeros((2, 7, 8), "float32")
+    y = np.asarray(layer(x))
+    assert y.shape == (2, 7, 8) and len(layer.trainable_weights) == trainable
+    if kind == "none":
+        assert not y.any()
+    else:
+        assert np.abs(y[0, 1:]).sum() > 0
+    if kind == "learned_2d":  # patch (i, j) = [row_i, col_j]
+        row, col = np.asarray(layer.pos_embed_row), np.asarray(layer.pos_embed_col)
+        np.testing.assert_allclose(y[0, 1 + 1 * 3 + 2], np.concatenate([row[1], col[2]]))
+    if kind == "sincos_2d":
+        assert not y[0, 0].any()  # the class token gets no position
+
+
+def test_bad_arguments_raise_clearly():
+    with pytest.raises(ValueError, match="not divisible"):
+        L.Attention(dim=10, num_heads=3)
+    with pytest.raises(ValueError, match="kind"):
+        L.PositionEmbedding((2, 2), kind="relative")
+    with pytest.raises(ValueError, match="num_tokens"):
+        L.PrefixTokens(3)
+
+
+def test_tnt_block_returns_inner_and_outer_attention():
+    block = L.TNTBlock(inner_dim=8, embed_dim=16, num_words=4, num_heads_inner=2, num_heads_outer=4)
+    rng = np.random.default_rng(0)
+    pixels = rng.standard_normal((2 * 6, 4, 8)).astype("float32")  # B=2, N=6 patches, 4 words
+    patches = rng.standard_normal((2, 7, 16)).astype("float32")
+    p1, x1 = block([pixels, patches])
+    p2, x2, inner, outer = block([pixels, patches], return_attention_scores=True)
+    assert inner.shape == (12, 2, 4, 4) and outer.shape == (2, 4, 7, 7)
+    np.testing.assert_allclose(np.asarray(inner).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outer).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(p1), np.asarray(p2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(x1), np.asarray(x2), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,108 @@
+"""The registry: every timm name, its parameter count (formula == timm == Keras), tags."""
+
+import keras
+import pytest
+
+import keras_vitnt
+from keras_vitnt.models import registry
+
+# The names timm registers for plain ViT/DeiT and TNT (timm 1.0.x).
+EXPECTED = {
+    "deit_base_distilled_patch16_224", "deit_base_distilled_patch16_384", "deit_base_patch16_224",
+    "deit_base_patch16_384", "deit_small_distilled_patch16_224", "deit_small_patch16_224",
+    "deit_tiny_distilled_patch16_224", "deit_tiny_patch16_224", "tnt_b_patch16_224", "tnt_s_legacy_patch16_224",
+    "tnt_s_patch16_224", "vit_base_patch8_224", "vit_base_patch16_224", "vit_base_patch16_384",
+    "vit_base_patch32_224", "vit_base_patch32_384", "vit_huge_patch14_224", "vit_large_patch14_224",
+    "vit_large_patch16_224", "vit_large_patch16_384", "vit_large_patch32_224", "vit_large_patch32_384",
+    "vit_small_patch8_224", "vit_small_patch16_224", "vit_small_patch16_384", "vit_small_patch32_224",
+    "vit_small_patch32_384", "vit_tiny_patch16_224", "vit_tiny_patch16_384",
+}
+KERAS_FAST = ["vit_tiny_patch16_384", "vit_small_patch8_224", "deit_small_distilled_patch16_224",
+              "tnt_s_patch16_224", "tnt_s_legacy_patch16_224", "tnt_b_patch16_224"]
+
+
+def test_registry_holds_every_plain_timm_vit_deit_tnt_name():
+    import re
+
+    import timm
+
+    pattern = re.compile(
+        r"^(vit_(tiny|small|base|large|huge)_patch(8|14|16|32)_(224|384)"
+        r"|deit_(tiny|small|base)(_distilled)?_patch16_(224|384)|tnt_\w+)$"
+    )
+    assert set(registry.list_models()) == EXPECTED
+    assert {n for n in timm.list_models() if pattern.match(n)} == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_param_formula_equals_timm(name):
+    import timm
+    import torch
+
+    info = registry.REGISTRY[name]
+    with torch.device("meta"):
+        for classes in (1000, 10):
+            tm = timm.create_model(name, num_classes=classes)
+            expected = sum(p.numel() for p in tm.parameters())
+            assert registry.count_params(info.family, info.arch, classes=classes) == expected
+
+
+def test_tnt_param_counts_are_the_published_ones():
+    counts = {n: registry.count_params("tnt", registry.REGISTRY[n].arch) for n in
+              ("tnt_s_patch16_224", "tnt_b_patch16_224", "tnt_s_legacy_patch16_224")}
+    assert counts == {"tnt_s_patch16_224": 23_768_584, "tnt_b_patch16_224": 65_428_680,
+                      "tnt_s_legacy_patch16_224": 23_755_336}
+
+
+def _keras_count(name):
+    info = registry.REGISTRY[name]
+    model = keras_vitnt.create_model(name, weights=None)
+    n = model.count_params()
+    del model
+    keras.backend.clear_session()
+    return n, registry.count_params(info.family, info.arch)
+
+
+@pytest.mark.parametrize("name", KERAS_FAST)
+def test_keras_param_count_equals_formula(name):
+    n, expected = _keras_count(name)
+    assert n == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED - set(KERAS_FAST)))
+def test_keras_param_count_equals_formula_all(name):
+    n, expected = _keras_count(name)
+    assert n == expected
+
+
+def test_tags_and_normalisation():
+    vit = registry.get_model_info("vit_base_patch16_224")
+    assert vit.default_tag.tag == "augreg2_in21k_ft_in1k"
+    assert vit.default_tag.hub_id == "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    assert vit.default_tag.mean == (0.5, 0.5, 0.5)
+    assert vit.get_tag("augreg_in21k").num_classes == 21843
+    deit = registry.get_model_info("deit_small_distilled_patch16_224.fb_in1k")
+    assert deit.default_tag.mean == (0.485, 0.456, 0.406) and deit.default_tag.top1 == 81.2
+    assert registry.get_model_info("tnt_s_patch16_224").default_tag.top1 == 81.5
+    assert registry.get_model_info("tnt_b_patch16_224").default_tag.top1 == 82.9
+    with pytest.raises(ValueError, match="augreg_in21k_ft_in1k"):
+        vit.get_tag("nope")
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ValueError, match="vit_base_patch16_224"):
+        keras_vitnt.create_model("vit_base_patch16_244", weights=None)
+
+
+def test_list_models_patterns():
+    assert keras_vitnt.list_models("tnt_*") == ["tnt_b_patch16_224", "tnt_s_legacy_patch16_224", "tnt_s_patch16_224"]
+    assert "deit_tiny_patch16_224.fb_in1k" in keras_vitnt.list_models(pretrained=True)
+
+
+def test_vit_variant_decoding():
+    assert registry.vit_variant("Ti/4") == ("Ti", 4)
+    assert registry.vit_variant("H/14") == ("H", 14)
+    for bad in ("X/16", "B16", "B/"):
+        with pytest.raises(ValueError, match="variant"):
+            registry.vit_variant(bad)
