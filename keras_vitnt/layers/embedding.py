@@ -213,7 +213,8 @@ class PositionEmbedding(keras.layers.Layer):
 
     def timm_params(self, prefix):
         if self.kind == "learned_1d":
-            yield prefix, self.pos_embed, "identity"
+            # resampled to this layer's grid when the checkpoint's differs (timm's rule)
+            yield prefix, self.pos_embed, ("pos_embed", self.grid_size, self.num_prefix_tokens)
         elif self.kind == "learned_2d":
             yield prefix + "_row", self.pos_embed_row, "identity"
             yield prefix + "_col", self.pos_embed_col, "identity"

@@ -14,6 +14,8 @@ import re
 import keras
 import numpy as np
 
+from keras_vitnt.weights.resample import resample_abs_pos_embed
+
 log = logging.getLogger("keras_vitnt")
 
 HEAD_PREFIXES = ("head.", "head_dist.")
@@ -24,6 +26,24 @@ LAYOUTS = {
     "conv": lambda a: a.transpose(2, 3, 1, 0),
     "nchw_to_nhwc": lambda a: a.transpose(0, 2, 3, 1),
 }
+
+
+def to_keras_layout(array, layout, key="", source=""):
+    """Apply a layout change. ("pos_embed", grid, prefix) resamples a 1-D position table
+    from the checkpoint's square grid to `grid` exactly as timm does."""
+    if isinstance(layout, tuple):
+        _, grid, prefix = layout
+        old_n = array.shape[1] - prefix
+        if old_n == grid[0] * grid[1] or array.ndim != 3:
+            return array
+        try:
+            out = resample_abs_pos_embed(array, grid, num_prefix_tokens=prefix)
+        except ValueError as e:
+            raise CheckpointMismatchError(f"{source}: cannot resample {key} {array.shape}: {e}") from e
+        side = int(round(old_n**0.5))
+        log.info("%s: resampled %s from a %dx%d to a %dx%d patch grid", source, key, side, side, *grid)
+        return out
+    return LAYOUTS[layout](array)
 
 
 def layer_timm_params(layer, prefix):
@@ -221,7 +241,7 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>"):
     for key, (var, layout) in params.items():
         if key not in sd:
             continue
-        value = LAYOUTS[layout](np.asarray(sd[key]))
+        value = to_keras_layout(np.asarray(sd[key]), layout, key, source)
         if tuple(value.shape) != tuple(var.shape):
             (head_mismatch if is_head(key) else mismatched).append((key, value.shape, tuple(var.shape)))
             continue
@@ -232,13 +252,7 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>"):
     errors = []
     if mismatched:
         lines = [f"  {k}: checkpoint {tuple(a)} vs model {b} (Keras layout)" for k, a, b in mismatched[:12]]
-        hint = ""
-        if any(k.endswith(("pos_embed", "patch_pos")) for k, _, _ in mismatched):
-            hint = (
-                "\nThe position embedding covers another patch grid: build the model at the checkpoint's input "
-                "size (input_shape=...)."
-            )
-        errors.append("shape mismatches:\n" + "\n".join(lines) + hint)
+        errors.append("shape mismatches:\n" + "\n".join(lines))
     body_missing = [k for k in missing if not is_head(k)]
     body_unexpected = [k for k in unexpected if not is_head(k)]
     if body_missing:
