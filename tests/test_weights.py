@@ -72,10 +72,20 @@ def test_depth_mismatch_names_the_missing_blocks(vit_ckpt):
         small(str(path), depth=3)
 
 
-def test_position_embedding_for_another_grid_says_what_to_do(vit_ckpt):
+def test_position_embedding_for_another_grid_is_resampled_and_logged(vit_ckpt, caplog):
     _, path = vit_ckpt
-    with pytest.raises(CheckpointMismatchError, match=r"pos_embed: checkpoint \(1, 17, 192\) vs model \(1, 37, 192\)"):
-        small(str(path), input_shape=(48, 48, 3))
+    with caplog.at_level(logging.INFO, logger="keras_vitnt"):
+        model = small(str(path), input_shape=(48, 48, 3))
+    assert "resampled pos_embed from a 4x4 to a 6x6 patch grid" in caplog.text
+    assert model.get_layer("pos_embed").pos_embed.shape == (1, 37, 192)
+
+
+def test_non_float_tensor_is_refused(vit_ckpt):
+    _, path = vit_ckpt
+    sd = read_state_dict(path)
+    sd["norm.weight"] = sd["norm.weight"].astype("int64")
+    with pytest.raises(CheckpointMismatchError, match=r"not floating point: norm\.weight \(int64\)"):
+        load_state_dict(small(None), sd, family="vit")
 
 
 def test_failed_load_assigns_nothing(vit_ckpt):

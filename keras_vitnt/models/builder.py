@@ -173,11 +173,14 @@ def build(
         inputs = keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, outputs, name=name)
 
-    if kind != "none":
-        from keras_vitnt.weights.convert import load_weights_file
-        from keras_vitnt.weights.hub import download
+    if kind == "tag":
+        from keras_vitnt.weights.hub import load_pretrained
 
-        load_weights_file(model, download(tag) if kind == "tag" else wvalue, family=family)
+        load_pretrained(model, tag, family)
+    elif kind == "file":
+        from keras_vitnt.weights.convert import load_weights_file
+
+        load_weights_file(model, wvalue, family=family)
     return model
 
 

@@ -28,22 +28,27 @@ LAYOUTS = {
 }
 
 
-def to_keras_layout(array, layout, key="", source=""):
-    """Apply a layout change. ("pos_embed", grid, prefix) resamples a 1-D position table
-    from the checkpoint's square grid to `grid` exactly as timm does."""
-    if isinstance(layout, tuple):
-        _, grid, prefix = layout
-        old_n = array.shape[1] - prefix
-        if old_n == grid[0] * grid[1] or array.ndim != 3:
-            return array
-        try:
-            out = resample_abs_pos_embed(array, grid, num_prefix_tokens=prefix)
-        except ValueError as e:
-            raise CheckpointMismatchError(f"{source}: cannot resample {key} {array.shape}: {e}") from e
-        side = int(round(old_n**0.5))
-        log.info("%s: resampled %s from a %dx%d to a %dx%d patch grid", source, key, side, side, *grid)
-        return out
-    return LAYOUTS[layout](array)
+def change_layout(array, layout):
+    """torch layout -> Keras layout for one tensor (position tables keep theirs)."""
+    return array if isinstance(layout, tuple) else LAYOUTS[layout](array)
+
+
+def fit_grid(array, layout, key="", source=""):
+    """A ("pos_embed", grid, prefix) layout resamples a 1-D position table from the
+    checkpoint's square grid to `grid` exactly as timm does; other layouts pass."""
+    if not isinstance(layout, tuple) or array.ndim != 3:
+        return array
+    _, grid, prefix = layout
+    old_n = array.shape[1] - prefix
+    if old_n == grid[0] * grid[1]:
+        return array
+    try:
+        out = resample_abs_pos_embed(array, grid, num_prefix_tokens=prefix)
+    except ValueError as e:
+        raise CheckpointMismatchError(f"{source}: cannot resample {key} {array.shape}: {e}") from e
+    side = int(round(old_n**0.5))
+    log.info("%s: resampled %s from a %dx%d to a %dx%d patch grid", source, key, side, side, *grid)
+    return out
 
 
 def layer_timm_params(layer, prefix):
@@ -225,23 +230,41 @@ def _fmt(keys, limit=8):
     return ", ".join(keys[:limit]) + more
 
 
-def load_state_dict(model, state_dict, *, family, source="<state dict>"):
+class LoadResult:
+    """What a load consumed: `converted` holds every mapped checkpoint tensor in Keras
+    layout (before resampling); `complete` is True when no checkpoint tensor was left over,
+    so `converted` can stand for the whole checkpoint (the conversion cache)."""
+
+    def __init__(self, converted, complete):
+        self.converted = converted
+        self.complete = complete
+
+
+def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_layout=False):
     """Assign a timm state dict ({name: array}) to a keras_vitnt model.
 
     Classifier rules (timm's): a checkpoint head whose class count differs from the model's,
     or a model without a head, leaves the head out (logged); a checkpoint without a head
-    leaves the model's head at its random init (logged). Any other missing or unexpected
-    tensor, or shape mismatch, raises CheckpointMismatchError naming the tensors.
+    leaves the model's head at its random init (logged). A position embedding for another
+    patch grid is resampled as timm does. Any other missing or unexpected tensor, shape
+    mismatch or non-float tensor raises CheckpointMismatchError naming the tensors, before
+    anything is assigned. `keras_layout=True`: the arrays are already in Keras layout (the
+    conversion cache). Returns a LoadResult.
     """
-    sd = FILTERS[family](state_dict)
+    sd = state_dict if keras_layout else FILTERS[family](state_dict)
     params = model_timm_params(model)
     is_head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
 
-    values, mismatched, head_mismatch = {}, [], []
+    converted, values, mismatched, head_mismatch, bad_dtype = {}, {}, [], [], []
     for key, (var, layout) in params.items():
         if key not in sd:
             continue
-        value = to_keras_layout(np.asarray(sd[key]), layout, key, source)
+        value = np.asarray(sd[key])
+        if not np.issubdtype(value.dtype, np.floating):
+            bad_dtype.append(f"{key} ({value.dtype})")
+            continue
+        converted[key] = value = value if keras_layout else change_layout(value, layout)
+        value = fit_grid(value, layout, key, source)
         if tuple(value.shape) != tuple(var.shape):
             (head_mismatch if is_head(key) else mismatched).append((key, value.shape, tuple(var.shape)))
             continue
@@ -249,7 +272,7 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>"):
 
     missing = [k for k in params if k not in sd]
     unexpected = [k for k in sd if k not in params]
-    errors = []
+    errors = [f"tensors that are not floating point: {_fmt(bad_dtype)}"] if bad_dtype else []
     if mismatched:
         lines = [f"  {k}: checkpoint {tuple(a)} vs model {b} (Keras layout)" for k, a, b in mismatched[:12]]
         errors.append("shape mismatches:\n" + "\n".join(lines))
@@ -292,7 +315,7 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>"):
         var = params[key][0]
         var.assign(value.astype(keras.backend.standardize_dtype(var.dtype)))
     log.info("loaded %d tensors from %s into %s", len(values), source, model.name)
-    return model
+    return LoadResult(converted, complete=not unexpected)
 
 
 def load_weights_file(model, path, *, family):
@@ -302,5 +325,5 @@ def load_weights_file(model, path, *, family):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file {path!r} does not exist")
         model.load_weights(path)
-        return model
+        return None
     return load_state_dict(model, read_state_dict(path), family=family, source=repr(path))
