@@ -33,7 +33,7 @@ def change_layout(array, layout):
     return array if isinstance(layout, tuple) else LAYOUTS[layout](array)
 
 
-def fit_grid(array, layout, key="", source=""):
+def fit_grid(array, layout, key="", source="", interpolation="bicubic"):
     """A ("pos_embed", grid, prefix) layout resamples a 1-D position table from the
     checkpoint's square grid to `grid` exactly as timm does; other layouts pass."""
     if not isinstance(layout, tuple) or array.ndim != 3:
@@ -43,7 +43,7 @@ def fit_grid(array, layout, key="", source=""):
     if old_n == grid[0] * grid[1]:
         return array
     try:
-        out = resample_abs_pos_embed(array, grid, num_prefix_tokens=prefix)
+        out = resample_abs_pos_embed(array, grid, num_prefix_tokens=prefix, interpolation=interpolation)
     except ValueError as e:
         raise CheckpointMismatchError(f"{source}: cannot resample {key} {array.shape}: {e}") from e
     side = int(round(old_n**0.5))
@@ -114,10 +114,25 @@ def read_state_dict(path):
             return _read_safetensors_any_dtype(path)
     if lower.endswith((".pth", ".bin", ".pt", ".pth.tar")):
         return _read_torch(path)
+    if lower.endswith(".npz"):
+        return _read_npz(path)
     raise ValueError(
-        f"Unsupported checkpoint format {path!r}: expected .safetensors, .pth/.bin (torch state dict) or "
-        ".weights.h5 (Keras)."
+        f"Unsupported checkpoint format {path!r}: expected .safetensors, .pth/.bin (torch state dict), .npz "
+        "(Google ViT) or .weights.h5 (Keras)."
     )
+
+
+def _read_npz(path):
+    from keras_vitnt.weights.npz import is_google_npz, npz_to_timm
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            w = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path!r} is not a readable .npz file ({e}); it may be truncated: download it again.") from e
+    if not is_google_npz(w):
+        raise ValueError(f"{path!r} is not a Google ViT checkpoint: it has no 'embedding/kernel' array")
+    return npz_to_timm(w, source=repr(path))
 
 
 def _read_safetensors_any_dtype(path):
@@ -240,7 +255,8 @@ class LoadResult:
         self.complete = complete
 
 
-def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_layout=False):
+def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_layout=False,
+                    pos_interpolation="bicubic"):
     """Assign a timm state dict ({name: array}) to a keras_vitnt model.
 
     Classifier rules (timm's): a checkpoint head whose class count differs from the model's,
@@ -249,7 +265,8 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_l
     patch grid is resampled as timm does. Any other missing or unexpected tensor, shape
     mismatch or non-float tensor raises CheckpointMismatchError naming the tensors, before
     anything is assigned. `keras_layout=True`: the arrays are already in Keras layout (the
-    conversion cache). Returns a LoadResult.
+    conversion cache). `pos_interpolation`: "bicubic" (timm checkpoints) or "bilinear"
+    (Google .npz files), as timm resamples each. Returns a LoadResult.
     """
     sd = state_dict if keras_layout else FILTERS[family](state_dict)
     params = model_timm_params(model)
@@ -264,7 +281,7 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_l
             bad_dtype.append(f"{key} ({value.dtype})")
             continue
         converted[key] = value = value if keras_layout else change_layout(value, layout)
-        value = fit_grid(value, layout, key, source)
+        value = fit_grid(value, layout, key, source, pos_interpolation)
         if tuple(value.shape) != tuple(var.shape):
             (head_mismatch if is_head(key) else mismatched).append((key, value.shape, tuple(var.shape)))
             continue
@@ -326,4 +343,8 @@ def load_weights_file(model, path, *, family):
             raise FileNotFoundError(f"weights file {path!r} does not exist")
         model.load_weights(path)
         return None
-    return load_state_dict(model, read_state_dict(path), family=family, source=repr(path))
+    if path.lower().endswith(".npz") and family != "vit":
+        raise ValueError(f"{path!r}: Google .npz checkpoints exist for ViT only, not for {family.upper()}")
+    interpolation = "bilinear" if path.lower().endswith(".npz") else "bicubic"
+    return load_state_dict(model, read_state_dict(path), family=family, source=repr(path),
+                           pos_interpolation=interpolation)

@@ -40,16 +40,35 @@ def aa_bicubic_matrix(in_size, out_size):
     return m
 
 
-def resample_grid(grid, new_size):
-    """(h, w, D) -> (new_h, new_w, D) with timm's antialiased bicubic resize."""
+def bilinear_matrix(in_size, out_size):
+    """(out_size, in_size) matrix of PyTorch's bilinear resize, align_corners=False, no
+    antialias (what timm uses for Google `.npz` position tables)."""
+    scale = in_size / out_size
+    m = np.zeros((out_size, in_size), dtype="float64")
+    for i in range(out_size):
+        src = max(scale * (i + 0.5) - 0.5, 0.0)
+        i0 = int(src)
+        i1 = i0 + 1 if i0 < in_size - 1 else i0
+        frac = src - i0
+        m[i, i0] += 1.0 - frac
+        m[i, i1] += frac
+    return m
+
+
+INTERPOLATIONS = {"bicubic": aa_bicubic_matrix, "bilinear": bilinear_matrix}
+
+
+def resample_grid(grid, new_size, interpolation="bicubic"):
+    """(h, w, D) -> (new_h, new_w, D) with timm's resize: "bicubic" (antialiased, the default
+    for timm checkpoints) or "bilinear" (timm's choice for Google `.npz` files)."""
     h, w, _ = grid.shape
-    mh = aa_bicubic_matrix(h, new_size[0])
-    mw = aa_bicubic_matrix(w, new_size[1])
+    mh = INTERPOLATIONS[interpolation](h, new_size[0])
+    mw = INTERPOLATIONS[interpolation](w, new_size[1])
     out = np.einsum("ij,jkc,lk->ilc", mh, grid.astype("float64"), mw)
     return out.astype(grid.dtype)
 
 
-def resample_abs_pos_embed(posemb, new_size, num_prefix_tokens=1, old_size=None):
+def resample_abs_pos_embed(posemb, new_size, num_prefix_tokens=1, old_size=None, interpolation="bicubic"):
     """timm's `resample_abs_pos_embed` for a (1, prefix + h*w, D) table.
 
     `old_size` defaults to the square grid the checkpoint holds (as timm assumes);
@@ -67,5 +86,5 @@ def resample_abs_pos_embed(posemb, new_size, num_prefix_tokens=1, old_size=None)
     if tuple(old_size) == tuple(new_size):
         return posemb
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
-    grid = resample_grid(grid.reshape(old_size[0], old_size[1], -1), new_size)
+    grid = resample_grid(grid.reshape(old_size[0], old_size[1], -1), new_size, interpolation)
     return np.concatenate([prefix, grid.reshape(1, -1, grid.shape[-1])], axis=1)
