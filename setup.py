@@ -18,7 +18,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_vitnt", "keras_vitnt.*"]),
-    include_package_data=True,
+    package_data={"keras_vitnt": ["data/*.json"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.8",
@@ -26,6 +26,7 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=0.23",
         "ml_dtypes",
+        "pillow",
     ],
     extras_require={
         # the reference oracle (timm on PyTorch) and the LiteRT interpreter for export checks;
@@ -36,6 +37,7 @@ setup(
             "torch==2.14.1",
             "torchvision==0.29.1",
             "ai-edge-litert",
+            "scikit-learn",  # its bundled sample photos are the tests' real images
         ],
         "datasets": ["tensorflow-datasets"],
     },

@@ -18,12 +18,14 @@ _PUBLIC = {
     "create_model": "keras_vitnt.models",
     "get_model_info": "keras_vitnt.models.registry",
     "list_models": "keras_vitnt.models.registry",
+    "decode_predictions": "keras_vitnt.data.imagenet",
+    "load_image": "keras_vitnt.data.images",
     "CheckpointMismatchError": "keras_vitnt.weights.convert",
     "WeightsUnavailableError": "keras_vitnt.weights.hub",
 }
-_SUBMODULES = ("models", "weights")
+_SUBMODULES = ("data", "models", "weights")
 
-__all__ = sorted(_PUBLIC) + ["layers", "models", "weights"]
+__all__ = sorted(_PUBLIC) + ["data", "layers", "models", "weights"]
 
 
 def __getattr__(name):

@@ -34,6 +34,42 @@ def cmd_list(args):
     return 0
 
 
+def cmd_predict(args):
+    """Classify image files with a registered model and print the top classes."""
+    import numpy as np
+
+    import keras_vitnt
+    from keras_vitnt.data import decode_predictions, load_images
+    from keras_vitnt.models import registry
+
+    info = registry.get_model_info(args.model)
+    _, name_tag = registry.split_name(args.model)
+    weights = args.weights or name_tag or "imagenet"
+    if weights == "imagenet":
+        tag = info.default_tag
+    elif any(t.tag == weights for t in info.tags):
+        tag = info.get_tag(weights)
+    else:  # a file, or "none": crop as the default weights were evaluated
+        tag = None
+    ref = tag or info.default_tag
+    size, crop_pct = info.arch["img_size"], (ref.crop_pct if ref else 0.9)
+    model = keras_vitnt.create_model(info.name, weights=None if weights == "none" else weights)
+    images = load_images(args.images, size=size, crop_pct=crop_pct)
+    probs = np.asarray(model.predict(images, verbose=0, batch_size=8))
+    if probs.shape[1] == 1000:
+        decoded = decode_predictions(probs, top=args.top)
+    else:
+        order = np.argsort(-probs, axis=1)[:, : args.top]
+        decoded = [[(f"class {i}", "", float(row[i])) for i in idx] for row, idx in zip(probs, order)]
+    print(f"model {info.name}, weights {tag.hub_id if tag else weights}, input {size}x{size} (crop_pct {crop_pct})")
+    for path, rows in zip(args.images, decoded):
+        print(f"\n{path}")
+        print(f"  {'rank':<5}{'class':<11}{'score':>8}  description")
+        for rank, (wnid, desc, score) in enumerate(rows, 1):
+            print(f"  {rank:<5}{wnid:<11}{score:>8.4f}  {desc}")
+    return 0
+
+
 def cmd_demo(args):
     """Offline demo: builds one model of each family with random weights, shows its
     summary, checks its parameter count against the registry, and times a forward pass."""
@@ -75,6 +111,12 @@ def build_parser():
     q.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit_*' or '*distilled*'")
     q.add_argument("--tags", action="store_true", help="one row per pretrained tag")
     q.set_defaults(func=cmd_list)
+    q = sub.add_parser("predict", help="classify image files with a pretrained model")
+    q.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    q.add_argument("--model", default="tnt_s_patch16_224", help="timm model name, optionally with .tag")
+    q.add_argument("--weights", default=None, help="imagenet (default tag), a tag name, a checkpoint file, or none")
+    q.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    q.set_defaults(func=cmd_predict)
     q = sub.add_parser("demo", help="offline demo: build each family, check and time it")
     q.set_defaults(func=cmd_demo)
     return p

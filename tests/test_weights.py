@@ -166,3 +166,16 @@ def test_pretrained_download_fails_fast_and_clearly_when_offline(tmp_path):
     assert "timm/deit_tiny_patch16_224.fb_in1k/model.safetensors" in msg
     assert str(tmp_path / "hf") in msg and "HF_HUB_OFFLINE" in msg and "weights=<path" in msg
     assert elapsed < 60
+
+
+def test_headless_checkpoint_with_include_top_starts_fresh_head_and_logs(tmp_path, caplog):
+    """Like the in21k `orig_in21k` tags: a checkpoint without head, loaded with a head."""
+    tm = perturbed_timm_model("vit_tiny_patch16_224", num_classes=0, **SMALL_VIT)
+    path = save_checkpoint(tm, tmp_path / "headless.safetensors")
+    with caplog.at_level(logging.WARNING, logger="keras_vitnt"):
+        model = small(str(path), classes=1000)
+    assert "has no classifier head" in caplog.text
+    np.testing.assert_allclose(block_kernel(model), tm.blocks[1].attn.qkv.weight.detach().numpy().T)
+    features = small(str(path), include_top=False, pooling="token")
+    x = normalised_images(1, 32, 32)
+    assert relative_error(np.asarray(features.predict_on_batch(x)), timm_logits(tm, x)) <= 1e-4
