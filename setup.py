@@ -27,6 +27,8 @@ setup(
         "huggingface_hub>=0.23",
         "ml_dtypes",
         "pillow",
+        "scikit-learn",  # bundled real data: sample photos, handwritten digits; t-SNE
+        "ai-edge-litert",  # runs every exported .tflite for the parity report
     ],
     extras_require={
         # the reference oracle (timm on PyTorch) and the LiteRT interpreter for export checks;
@@ -37,9 +39,13 @@ setup(
             "torch==2.14.1",
             "torchvision==0.29.1",
             "ai-edge-litert",
-            "scikit-learn",  # its bundled sample photos are the tests' real images
+            "tf2onnx",
+            "onnx",
+            "onnxruntime",
         ],
+        "onnx": ["tf2onnx", "onnx", "onnxruntime"],
         "datasets": ["tensorflow-datasets"],
+        "litert": ["ai-edge-litert"],
     },
     entry_points={"console_scripts": ["keras-vitnt=keras_vitnt.cli:main"]},
     classifiers=[

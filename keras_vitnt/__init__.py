@@ -8,6 +8,7 @@ package; the constructors and weight tools on first use.
 import importlib
 
 from keras_vitnt import layers  # noqa: F401  registers every layer for .keras loading
+from keras_vitnt.exporter import ExportParityError, export  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -25,7 +26,7 @@ _PUBLIC = {
 }
 _SUBMODULES = ("data", "models", "weights")
 
-__all__ = sorted(_PUBLIC) + ["data", "layers", "models", "weights"]
+__all__ = sorted(_PUBLIC) + ["ExportParityError", "data", "export", "layers", "models", "weights"]
 
 
 def __getattr__(name):

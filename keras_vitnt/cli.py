@@ -70,6 +70,50 @@ def cmd_predict(args):
     return 0
 
 
+def _load_model_arg(model_arg, weights):
+    """MODEL on the command line: a saved `.keras` model (fine-tuned) or a timm name."""
+    import keras
+
+    import keras_vitnt
+
+    if model_arg.endswith(".keras"):
+        if weights:
+            raise SystemExit("--weights applies to a timm model name, not to a saved .keras model")
+        return keras.models.load_model(model_arg)
+    return keras_vitnt.create_model(model_arg, weights=None if weights == "none" else (weights or "imagenet"))
+
+
+def cmd_export(args):
+    """Export a model and print the parity report of the exported file."""
+    import glob
+
+    import keras_vitnt
+    from keras_vitnt.data import load_images
+
+    model = _load_model_arg(args.model, args.weights)
+    quant = None if args.quantize in (None, "none") else args.quantize
+    if args.out:
+        out = args.out
+    else:
+        stem = os.path.basename(args.model).removesuffix(".keras").split(".")[0]
+        suffix = {"litert": f"{'_' + quant if quant else ''}.tflite", "onnx": ".onnx", "saved_model": "_saved_model"}
+        out = os.path.join("saved_models", stem + suffix[args.format])
+    representative = None
+    if args.calibration:
+        files = sorted(f for ext in ("jpg", "jpeg", "png", "bmp") for f in glob.glob(
+            os.path.join(args.calibration, "**", f"*.{ext}"), recursive=True))
+        if not files:
+            raise SystemExit(f"--calibration {args.calibration}: no .jpg/.png images found")
+        representative = load_images(files[:200], size=model.input_shape[1])
+    report = keras_vitnt.export(model, out, format=args.format, quantization=quant,
+                                representative_data=representative, overwrite=args.overwrite)
+    print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
+    print(f"parity vs Keras on {report['samples']} samples: max relative error {report['max_relative_error']:.2e}, "
+          f"top-1 agreement {report.get('top1_agreement', float('nan')):.2%}, correlation {report['correlation']:.6f}")
+    print(f"metadata: {report['path'] + ('/keras_vitnt.json' if args.format == 'saved_model' else '.json')}")
+    return 0
+
+
 def cmd_demo(args):
     """Offline demo: builds one model of each family with random weights, shows its
     summary, checks its parameter count against the registry, and times a forward pass."""
@@ -117,6 +161,15 @@ def build_parser():
     q.add_argument("--weights", default=None, help="imagenet (default tag), a tag name, a checkpoint file, or none")
     q.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
     q.set_defaults(func=cmd_predict)
+    q = sub.add_parser("export", help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
+    q.add_argument("model", help="timm model name (optionally .tag) or a saved .keras model")
+    q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
+    q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx"])
+    q.add_argument("--quantize", default=None, choices=["none", "float16", "dynamic_int8", "int8"])
+    q.add_argument("--calibration", default=None, help="folder of images for int8 calibration")
+    q.add_argument("--out", default=None, help="destination (default: saved_models/<model>...)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    q.set_defaults(func=cmd_export)
     q = sub.add_parser("demo", help="offline demo: build each family, check and time it")
     q.set_defaults(func=cmd_demo)
     return p
@@ -126,7 +179,16 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    return args.func(args)
+    from keras_vitnt.exporter import ExportParityError
+    from keras_vitnt.weights import CheckpointMismatchError, WeightsUnavailableError
+
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError, WeightsUnavailableError, CheckpointMismatchError,
+            ExportParityError) as e:
+        # user errors: the message says what to do; no traceback
+        print(f"keras-vitnt {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,37 @@
 """MLP with exact GELU, per-sample stochastic depth, and the pre-norm transformer block."""
 
+import contextlib
+import math
+import threading
+
 import keras
 from keras import ops
 
 from keras_vitnt.layers.attention import Attention
 from keras_vitnt.layers.base import TimmMapped, dense, layer_norm, register
+
+
+_GELU_FORM = threading.local()
+
+
+@contextlib.contextmanager
+def gelu_as_erf():
+    """While tracing inside this context, exact GELU is written as 0.5 x (1 + erf(x / sqrt 2))
+    instead of `ops.gelu` (the same function). TensorFlow's gelu lowers to Erfc, which ONNX
+    lacks; Erf it has. LiteRT export keeps `ops.gelu`, which becomes its GELU builtin."""
+    previous = getattr(_GELU_FORM, "erf", False)
+    _GELU_FORM.erf = True
+    try:
+        yield
+    finally:
+        _GELU_FORM.erf = previous
+
+
+def gelu(x):
+    """Exact (erf) GELU."""
+    if getattr(_GELU_FORM, "erf", False):
+        return 0.5 * x * (1.0 + ops.erf(x * ops.cast(1.0 / math.sqrt(2.0), x.dtype)))
+    return ops.gelu(x, approximate=False)
 
 
 @register
@@ -28,7 +55,7 @@ class Mlp(TimmMapped, keras.layers.Layer):
         self.fc2.build(input_shape[:-1] + (self.hidden_dim,))
 
     def call(self, x, training=None):
-        x = ops.gelu(self.fc1(x), approximate=False)
+        x = gelu(self.fc1(x))
         x = self.dropout(x, training=training)
         return self.dropout(self.fc2(x), training=training)
 

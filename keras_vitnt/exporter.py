@@ -1,0 +1,356 @@
+"""Export for serving and mobile: SavedModel, LiteRT (.tflite, fp32 / float16 /
+dynamic_int8 / int8) and ONNX, each checked by running the exported artifact.
+
+Every export:
+  1. writes into a temporary sibling of the destination,
+  2. runs the artifact (LiteRT interpreter, `tf.saved_model.load`, onnxruntime) on sample
+     inputs (real photos by default) and compares with the Keras model,
+  3. refuses fp32 artifacts whose outputs differ by more than 1e-4 relative (nothing is
+     left behind), and otherwise moves the artifact into place atomically,
+  4. writes a sidecar JSON (`<path>.json`; inside the directory for a SavedModel) with the
+     input size, value range, mean/std, output kind, label names and the parity report.
+An existing destination is never replaced unless `overwrite=True`.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+log = logging.getLogger("keras_vitnt")
+
+FORMATS = ("litert", "saved_model", "onnx")
+QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
+FP32_TOLERANCE = 1e-4
+
+
+class ExportParityError(RuntimeError):
+    """The exported artifact does not reproduce the Keras model; nothing was written."""
+
+    def __init__(self, message, report):
+        super().__init__(message)
+        self.report = report
+
+
+# --- what the model expects -------------------------------------------------------
+
+
+def model_io(model):
+    """Input size, whether normalisation is inside, its mean/std and the output kind."""
+    from keras_vitnt.layers import Preprocess
+
+    _, h, w, c = model.input_shape
+    pre = next((layer for layer in model.layers if isinstance(layer, Preprocess)), None)
+    out_layer = model.layers[-1]
+    activation = getattr(getattr(out_layer, "activation", None), "__name__", None)
+    output = "probabilities" if activation == "softmax" else "logits" if activation == "linear" else "features"
+    if len(model.output_shape) != 2:
+        output = "features"
+    return {
+        "input_shape": [h, w, c],
+        "input_dtype": "float32",
+        "input_range": [0, 255] if pre else None,
+        "preprocessing_inside": pre is not None,
+        "mean": list(pre.mean) if pre else None,
+        "std": list(pre.std) if pre else None,
+        "output": output,
+        "output_shape": list(model.output_shape[1:]),
+    }
+
+
+def default_samples(model, n=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    """Real-photo crops at the model's input size, normalised if the model expects it."""
+    from keras_vitnt.data.samples import photo_crops
+
+    io = model_io(model)
+    x = photo_crops(n, tuple(io["input_shape"][:2]))
+    if not io["preprocessing_inside"]:
+        x = (x / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")
+    return x.astype("float32")
+
+
+def _as_batches(data):
+    """A generator/iterable/array of images -> list of (1, H, W, C) float32 arrays."""
+    out = []
+    for item in data if not isinstance(data, np.ndarray) else [data]:
+        if isinstance(item, (list, tuple)):  # (images, labels) or [images]
+            item = item[0]
+        a = np.asarray(item, dtype="float32")
+        a = a[None] if a.ndim == 3 else a
+        out.extend(a[i : i + 1] for i in range(a.shape[0]))
+    return out
+
+
+# --- runners for exported artifacts ------------------------------------------------
+
+
+def run_litert(path, x, num_threads=2):
+    """Run a .tflite file on a batch, one image at a time (the file's batch is 1)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path, num_threads=num_threads)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    if inp["shape"][0] != x.shape[0] and inp["shape_signature"][0] == -1:
+        interp.resize_tensor_input(inp["index"], [x.shape[0], *inp["shape"][1:]])
+        interp.allocate_tensors()
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        return interp.get_tensor(out["index"]).copy()
+    interp.allocate_tensors()
+    ys = []
+    for i in range(x.shape[0]):
+        interp.set_tensor(inp["index"], x[i : i + 1])
+        interp.invoke()
+        ys.append(interp.get_tensor(out["index"]).copy())
+    return np.concatenate(ys)
+
+
+def litert_ops(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path)
+    return sorted({op["op_name"] for op in interp._get_ops_details()})
+
+
+def run_saved_model(path, x):
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    return next(iter(fn(image=tf.constant(x)).values())).numpy()
+
+
+def run_onnx(path, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+RUNNERS = {"litert": run_litert, "saved_model": run_saved_model, "onnx": run_onnx}
+
+
+def parity_report(reference, exported):
+    reference, exported = np.asarray(reference, "float64"), np.asarray(exported, "float64")
+    rel = float(np.max(np.abs(reference - exported)) / max(np.max(np.abs(reference)), 1e-12))
+    report = {"samples": int(reference.shape[0]), "max_relative_error": rel}
+    if reference.ndim == 2 and reference.shape[1] > 1:
+        report["top1_agreement"] = float(np.mean(reference.argmax(1) == exported.argmax(1)))
+    report["correlation"] = float(np.corrcoef(reference.ravel(), exported.ravel())[0, 1])
+    return report
+
+
+# --- writers -------------------------------------------------------------------------
+
+
+def _write_saved_model(model, directory, batch_size):
+    import tensorflow as tf
+    from keras.export import ExportArchive
+
+    h, w, c = model.input_shape[1:]
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda image: model(image, training=False),
+        input_signature=[tf.TensorSpec((batch_size, h, w, c), tf.float32, name="image")],
+    )
+    archive.write_out(directory, verbose=False)
+
+
+def _write_litert(model, path, quantization, representative_data, batch_size):
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    h, w, c = model.input_shape[1:]
+    fn = tf.function(lambda image: model(image, training=False)).get_concrete_function(
+        tf.TensorSpec((batch_size, h, w, c), tf.float32, name="image")
+    )
+    # frozen weights: a few seconds, where the SavedModel round trip Keras uses takes several times that
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(fn)])
+    # builtin ops only: the file must run in the stock interpreter and on mobile delegates
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        samples = _as_batches(representative_data)
+        if not samples:
+            raise ValueError("int8 quantisation needs representative_data with at least one image")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([s] for s in samples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        data = converter.convert()
+    except Exception as e:
+        raise RuntimeError(
+            f"LiteRT conversion failed for {os.path.basename(path)} (quantization={quantization}): {e}"
+        ) from e
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _write_onnx(model, path, batch_size):
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError as e:
+        raise ImportError("ONNX export needs tf2onnx and onnxruntime: pip install 'keras_vitnt[onnx]'") from e
+    import tensorflow as tf
+
+    from keras_vitnt.layers.blocks import gelu_as_erf
+
+    h, w, c = model.input_shape[1:]
+    with gelu_as_erf():  # TF's exact gelu lowers to Erfc, which ONNX lacks; Erf it has
+        model.export(
+            path,
+            format="onnx",
+            verbose=False,
+            input_signature=[tf.TensorSpec((batch_size, h, w, c), tf.float32, name="image")],
+        )
+
+
+# --- the public function ---------------------------------------------------------------
+
+
+def export(
+    model,
+    path,
+    format="litert",
+    quantization=None,
+    representative_data=None,
+    overwrite=False,
+    sample_data=None,
+    class_names=None,
+    batch_size=None,
+):
+    """Export a Keras model (any keras_vitnt model, fine-tuned or not) and check the result.
+
+    Args:
+        model: a `keras.Model` taking (B, H, W, 3) images.
+        path: destination; `.tflite` for "litert", `.onnx` for "onnx", a directory for
+            "saved_model".
+        format: "litert", "saved_model" or "onnx".
+        quantization: LiteRT only: None (fp32), "float16" (fp16 weights), "dynamic_int8"
+            (int8 weights) or "int8" (full integer; needs `representative_data`, or uses
+            crops of the bundled real photos).
+        representative_data: images (array (N, H, W, 3), or an iterable of arrays /
+            (images, labels) batches) for int8 calibration, as the model takes them.
+        overwrite: replace an existing destination; otherwise a FileExistsError.
+        sample_data: images for the parity check (default: 8 real-photo crops).
+        class_names: label names for the sidecar JSON (default: ImageNet-1k names for a
+            1000-class output, none otherwise).
+        batch_size: batch dimension of the artifact: None (dynamic) for SavedModel and
+            ONNX; LiteRT defaults to 1 (static shapes suit mobile delegates).
+
+    Returns:
+        The report dict (also in the sidecar JSON): path, format, quantization, size in
+        bytes, max relative error, top-1 agreement and correlation versus Keras.
+
+    Raises:
+        FileExistsError, ValueError on bad arguments; ExportParityError when an fp32
+        artifact is off by more than 1e-4 relative (the file is not written).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}: choose one of {FORMATS}")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r}: choose one of {QUANTIZATIONS}")
+    if quantization and format != "litert":
+        raise ValueError(f"quantization applies to format='litert' only, not {format!r}")
+    suffix = {"litert": ".tflite", "onnx": ".onnx"}.get(format)
+    if suffix and not path.endswith(suffix):
+        raise ValueError(f"a {format} export is a {suffix} file; got {path!r}")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it (it is left untouched)")
+    if batch_size is None and format == "litert":
+        batch_size = 1
+
+    io = model_io(model)
+    samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model)
+    if quantization == "int8" and representative_data is None:
+        representative_data = default_samples(model, n=32)
+        log.info("int8 calibration on 32 crops of the bundled sample photos; pass representative_data "
+                 "drawn from your own data for a better calibration")
+
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        tmp = os.path.join(work, os.path.basename(path))
+        if format == "saved_model":
+            _write_saved_model(model, tmp, batch_size)
+        elif format == "onnx":
+            _write_onnx(model, tmp, batch_size)
+        else:
+            _write_litert(model, tmp, quantization, representative_data, batch_size)
+
+        reference = np.asarray(model.predict(samples, verbose=0, batch_size=8))
+        report = {
+            "path": path,
+            "format": format,
+            "quantization": quantization,
+            "size_bytes": _size(tmp),
+            **parity_report(reference, RUNNERS[format](tmp, samples)),
+        }
+        if format == "litert":
+            report["ops"] = litert_ops(tmp)
+        if quantization is None and report["max_relative_error"] > FP32_TOLERANCE:
+            raise ExportParityError(
+                f"the exported {format} model differs from the Keras model by {report['max_relative_error']:.2e} "
+                f"(relative, > {FP32_TOLERANCE:g}); nothing was written to {path}",
+                report,
+            )
+
+        meta = {**io, "model": model.name, "class_names": _class_names(class_names, io), "report": report}
+        meta_tmp = os.path.join(tmp, "keras_vitnt.json") if format == "saved_model" else tmp + ".json"
+        with open(meta_tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+        _move_into_place(tmp, path, meta_tmp if format != "saved_model" else None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("exported %s (%s, %s): %s", path, format, quantization or "fp32", _fmt_report(report))
+    return report
+
+
+def _size(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)
+
+
+def _class_names(class_names, io):
+    if class_names is not None:
+        return list(class_names)
+    if io["output_shape"] == [1000]:
+        from keras_vitnt.data.imagenet import imagenet_classes
+
+        return [desc for _, desc in imagenet_classes()]
+    return None
+
+
+def _move_into_place(tmp, path, meta_tmp):
+    """Atomic for files (os.replace); a directory replaces an old one via a rename aside."""
+    if os.path.isdir(tmp):
+        old = None
+        if os.path.exists(path):
+            old = path + f".old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    if meta_tmp:
+        os.replace(meta_tmp, path + ".json")
+
+
+def _fmt_report(report):
+    parts = [f"size {report['size_bytes'] / 1e6:.2f} MB", f"max rel. error {report['max_relative_error']:.2e}"]
+    if "top1_agreement" in report:
+        parts.append(f"top-1 agreement {report['top1_agreement']:.2%}")
+    parts.append(f"correlation {report['correlation']:.5f}")
+    return ", ".join(parts)
