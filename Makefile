@@ -29,7 +29,7 @@ test-all: $(VENV)/.stamp-test
 	$(PY) -m pytest
 
 demo: $(VENV)/.stamp-base
-	$(VENV)/bin/keras-vitnt demo
+	$(VENV)/bin/keras-vitnt demo --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -29,6 +29,7 @@ setup(
         "pillow",
         "scikit-learn",  # bundled real data: sample photos, handwritten digits; t-SNE
         "ai-edge-litert",  # runs every exported .tflite for the parity report
+        "matplotlib",  # training curves, attention and t-SNE figures
     ],
     extras_require={
         # the reference oracle (timm on PyTorch) and the LiteRT interpreter for export checks;

@@ -5,7 +5,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 
 
 def cmd_list(args):
@@ -115,35 +114,38 @@ def cmd_export(args):
 
 
 def cmd_demo(args):
-    """Offline demo: builds one model of each family with random weights, shows its
-    summary, checks its parameter count against the registry, and times a forward pass."""
-    import numpy as np
+    """The offline demo: two transformers trained on the bundled digits, exported to LiteRT."""
+    from keras_vitnt import demo
 
-    import keras_vitnt
-    from keras_vitnt.models import registry
+    results = demo.run(out=args.out, epochs=args.epochs, overwrite=args.overwrite, weights=args.weights,
+                       verbose=2 if args.verbose else 0)
+    print(f"\nreport: {os.path.join(args.out, 'report.md')}")
+    for kind, r in results.items():
+        print(f"  {kind.upper():<4} test accuracy {r['test_accuracy']:.4f}   LiteRT parity "
+              f"{r['litert']['max_relative_error']:.1e}   {os.path.join(args.out, kind + '.tflite')}")
+    return 0
 
-    names = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_patch16_224", "tnt_s_legacy_patch16_224"]
-    images = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
-    print("keras_vitnt demo: one model per family, random init (no download)\n")
-    small = keras_vitnt.ViT("Ti/4", weights=None, input_shape=(32, 32, 3), classes=10, depth=4)
-    small.summary()
-    rows = []
-    for name in names:
-        model = keras_vitnt.create_model(name, weights=None)
-        info = registry.REGISTRY[name]
-        expected = registry.count_params(info.family, info.arch)
-        model.predict_on_batch(images)  # trace once
-        t0 = time.perf_counter()
-        probs = np.asarray(model.predict_on_batch(images))
-        dt = (time.perf_counter() - t0) / len(images)
-        if model.count_params() != expected or not np.allclose(probs.sum(-1), 1.0, atol=1e-4):
-            print(f"FAILED: {name} has {model.count_params()} parameters, expected {expected}", file=sys.stderr)
-            return 1
-        rows.append((name, model.count_params(), f"{dt * 1000:.0f} ms"))
-    print(f"\n{'model':<34}{'parameters':>14}{'CPU time/img':>16}")
-    for name, n, t in rows:
-        print(f"{name:<34}{n:>14,}{t:>16}")
-    print("\nParameter counts equal timm's. Pretrained weights: keras_vitnt.create_model(name, weights='imagenet').")
+
+def cmd_train(args):
+    """Fine-tune (or train from scratch) with the library's recipe."""
+    import json as _json
+
+    from keras_vitnt.train import TrainConfig, train
+
+    overrides = _json.loads(args.overrides) if args.overrides else {}
+    cfg = TrainConfig(
+        model=args.model, weights=args.weights, data=args.data, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, layer_decay=args.layer_decay, drop_path_rate=args.drop_path_rate,
+        image_size=args.image_size, augment=args.augment, flip=not args.no_flip, mixup=args.mixup,
+        cutmix=args.cutmix, mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
+        overrides=overrides,
+    )
+    result = train(cfg, verbose=2 if args.verbose else 1)
+    print(f"\nvalidation accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs")
+    print(f"model: {os.path.join(cfg.out, 'model.keras')} (best: best.keras), curves: "
+          f"{os.path.join(cfg.out, 'curves.png')}, log: {os.path.join(cfg.out, 'log.csv')}")
+    print(f"export it: keras-vitnt export {os.path.join(cfg.out, 'model.keras')} --format litert")
     return 0
 
 
@@ -170,7 +172,35 @@ def build_parser():
     q.add_argument("--out", default=None, help="destination (default: saved_models/<model>...)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     q.set_defaults(func=cmd_export)
-    q = sub.add_parser("demo", help="offline demo: build each family, check and time it")
+    q = sub.add_parser("train", help="fine-tune or train with the library's recipe (model.fit)")
+    q.add_argument("--model", default="tnt_s_patch16_224", help="timm name, or vit:<variant> / tnt:<variant>")
+    q.add_argument("--weights", default="imagenet", help="imagenet, a tag, a checkpoint file, or none")
+    q.add_argument("--data", default="digits", help="digits, tfds:NAME, or an image folder root/class/*.jpg")
+    q.add_argument("--out", default="saved_models/run", help="run folder (re-running resumes it)")
+    q.add_argument("--epochs", type=int, default=10)
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--lr", type=float, default=1e-4, help="peak learning rate after warmup")
+    q.add_argument("--weight-decay", type=float, default=0.05)
+    q.add_argument("--warmup-epochs", type=float, default=1.0)
+    q.add_argument("--label-smoothing", type=float, default=0.1)
+    q.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay, e.g. 0.75")
+    q.add_argument("--drop-path-rate", type=float, default=0.1)
+    q.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    q.add_argument("--augment", default="light", choices=["none", "light", "randaugment"])
+    q.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    q.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off)")
+    q.add_argument("--cutmix", type=float, default=0.0, help="CutMix factor (0: off)")
+    q.add_argument("--mixed-precision", default="none",
+                   choices=["none", "auto", "mixed_float16", "mixed_bfloat16"])
+    q.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "tpu", "none"])
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--overrides", default=None, help='architecture overrides as JSON, e.g. \'{"depth": 4}\'')
+    q.set_defaults(func=cmd_train)
+    q = sub.add_parser("demo", help="offline demo: train a ViT and a TNT on digits, export to LiteRT")
+    q.add_argument("--out", default="saved_models/demo")
+    q.add_argument("--epochs", type=int, default=30)
+    q.add_argument("--weights", default="none", help="none (from scratch) or imagenet (fine-tune TNT-S)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     q.set_defaults(func=cmd_demo)
     return p
 

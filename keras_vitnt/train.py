@@ -1,0 +1,370 @@
+"""The fine-tuning recipe behind `keras-vitnt train`, the demo and the notebook: plain
+`model.fit` with the DeiT-style choices, all from Keras core.
+
+- AdamW without weight decay on norms, biases, tokens and position embeddings; linear
+  warmup then cosine decay; optional layer-wise learning-rate decay; label smoothing.
+- drop_path (stochastic depth); augmentation: random resized crop (+ flip for natural
+  images), optionally RandAugment, MixUp / CutMix (Keras core layers), in `tf.data`
+  pipelines with prefetch.
+- Mixed precision (`mixed_float16` on GPU, `mixed_bfloat16` on CPU/TPU with `auto`); the
+  models keep tokens, position embeddings and the head's output in float32 correctly.
+- `tf.distribute`: MirroredStrategy (several GPUs), TPUStrategy (Colab TPU) or none.
+- Checkpoint of the best model, `BackupAndRestore` (a killed run resumes where it
+  stopped), CSV + TensorBoard logs, a training-curve PNG and a summary JSON in `out`.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import re
+
+log = logging.getLogger("keras_vitnt")
+
+NO_DECAY = ["bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed", "pixel_pos"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; the CLI flags map one to one."""
+
+    model: str = "tnt_s_patch16_224"
+    weights: str = "imagenet"  # "imagenet", a tag, a checkpoint file, or "none"
+    data: str = "digits"  # "digits", "tfds:NAME", or an image folder root/class/*.jpg
+    out: str = "saved_models/run"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4  # peak learning rate, reached after the warmup
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    layer_decay: float = None  # e.g. 0.75: lr * decay^(depth + 1 - layer id)
+    drop_path_rate: float = 0.1
+    image_size: int = None  # default: the model's input size
+    augment: str = "light"  # "none", "light" (random resized crop + flip), "randaugment"
+    flip: bool = True
+    mixup: float = 0.0  # alpha; 0 disables
+    cutmix: float = 0.0
+    mixed_precision: str = "none"  # "none", "auto", "mixed_float16", "mixed_bfloat16"
+    strategy: str = "auto"  # "auto", "mirrored", "tpu", "none"
+    val_fraction: float = 0.1
+    seed: int = 0
+    jit_compile: bool = True
+    overrides: dict = dataclasses.field(default_factory=dict)  # timm-named architecture overrides
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def load_data(spec, image_size, val_fraction=0.1, seed=0):
+    """-> (train, val, class_names): unbatched tf.data datasets of (float32 RGB 0..255
+    image at image_size, int label)."""
+    import tensorflow as tf
+
+    if spec == "digits":
+        from keras_vitnt.data.digits import CLASS_NAMES, load_digits
+
+        (x_tr, y_tr), (x_te, y_te) = load_digits(size=image_size, seed=seed)
+        return (tf.data.Dataset.from_tensor_slices((x_tr, y_tr)), tf.data.Dataset.from_tensor_slices((x_te, y_te)),
+                CLASS_NAMES)
+    if spec.startswith("tfds:"):
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError as e:
+            raise ImportError(f"data={spec!r} needs tensorflow-datasets: pip install 'keras_vitnt[datasets]'") from e
+        name = spec[len("tfds:"):]
+        builder = tfds.builder(name)
+        splits = builder.info.splits
+        pct = int(round(100 * (1 - val_fraction)))
+        split = ["train", "validation"] if "validation" in splits else [f"train[:{pct}%]", f"train[{pct}%:]"]
+        train, val = tfds.load(name, split=split, as_supervised=True, shuffle_files=True)
+        names = builder.info.features["label"].names
+        resize = lambda x, y: (tf.image.resize(tf.cast(x, tf.float32), (image_size, image_size)), y)  # noqa: E731
+        return train.map(resize, num_parallel_calls=tf.data.AUTOTUNE), val.map(resize), names
+    if not os.path.isdir(spec):
+        raise FileNotFoundError(
+            f"data={spec!r}: not 'digits', 'tfds:NAME', nor an image folder (root/class_name/*.jpg)"
+        )
+    import keras
+
+    train, val = keras.utils.image_dataset_from_directory(
+        spec, validation_split=val_fraction, subset="both", seed=seed, image_size=(image_size, image_size),
+        batch_size=None, interpolation="bicubic", crop_to_aspect_ratio=True,
+    )
+    return train, val, list(train.class_names)
+
+
+def random_resized_crop(image, size, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), seed=None):
+    """timm's RandomResizedCrop for one image (Inception-style box sampling)."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    begin, crop, _ = tf.image.sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.zeros((1, 0, 4)), min_object_covered=0.0, aspect_ratio_range=ratio,
+        area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, crop)
+    return tf.image.resize(image, (size, size), method="bicubic")
+
+
+def pipelines(train, val, num_classes, cfg, image_size):
+    """Batched, augmented, prefetched (train, val) datasets with one-hot labels."""
+    import keras
+    import tensorflow as tf
+
+    auto = tf.data.AUTOTUNE
+
+    def one_hot(x, y):
+        return x, tf.one_hot(tf.cast(y, tf.int32), num_classes)
+
+    def augment_one(x, y):
+        if cfg.augment != "none":
+            x = random_resized_crop(x, image_size, scale=(0.5, 1.0) if cfg.data == "digits" else (0.35, 1.0))
+            if cfg.flip:
+                x = tf.image.random_flip_left_right(x)
+        return tf.clip_by_value(x, 0.0, 255.0), y
+
+    train = train.shuffle(4096, seed=cfg.seed, reshuffle_each_iteration=True).map(augment_one, num_parallel_calls=auto)
+    train = train.batch(cfg.batch_size, drop_remainder=True).map(one_hot, num_parallel_calls=auto)
+    batch_layers = []
+    if cfg.augment == "randaugment":
+        batch_layers.append(("images", keras.layers.RandAugment(value_range=(0, 255), seed=cfg.seed)))
+    if cfg.mixup > 0:
+        batch_layers.append(("both", keras.layers.MixUp(alpha=cfg.mixup, seed=cfg.seed)))
+    if cfg.cutmix > 0:
+        batch_layers.append(("both", keras.layers.CutMix(factor=cfg.cutmix, seed=cfg.seed)))
+    if batch_layers:
+
+        def batch_aug(x, y):
+            for kind, layer in batch_layers:
+                if kind == "images":
+                    x = layer(x, training=True)
+                else:
+                    out = layer({"images": x, "labels": y}, training=True)
+                    x, y = out["images"], out["labels"]
+            return x, y
+
+        train = train.map(batch_aug, num_parallel_calls=auto)
+    val = val.batch(cfg.batch_size).map(one_hot, num_parallel_calls=auto)
+    return train.prefetch(auto), val.prefetch(auto)
+
+
+# --- optimisation -------------------------------------------------------------------
+
+
+def layer_id(path, depth):
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head."""
+    m = re.match(r"blocks_(\d+)/", path)
+    if m:
+        return int(m.group(1)) + 1
+    if path.split("/")[0] in ("patch_embed", "cls_token", "pos_embed", "pixel_embed", "patch_pos", "preprocess"):
+        return 0
+    return depth + 1
+
+
+def make_optimizer(cfg, steps_per_epoch, depth):
+    import keras
+
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(min(total - 1, round(cfg.warmup_epochs * steps_per_epoch)))
+    peak = cfg.lr
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak, decay_steps=max(1, total - warmup),
+        alpha=cfg.min_lr / peak if peak > 0 else 0.0, warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+    if cfg.layer_decay:
+        opt = LayerDecayAdamW(layer_decay=cfg.layer_decay, depth=depth, learning_rate=schedule,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    opt.exclude_from_weight_decay(var_names=NO_DECAY)
+    return opt
+
+
+def _layer_decay_adamw():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="keras_vitnt")
+    class LayerDecayAdamW(keras.optimizers.AdamW):
+        """AdamW whose learning rate is scaled per variable by
+        `layer_decay ** (depth + 1 - layer_id)` (BEiT/timm layer-wise decay)."""
+
+        def __init__(self, layer_decay=0.75, depth=12, **kwargs):
+            super().__init__(**kwargs)
+            self.layer_decay = float(layer_decay)
+            self.depth = int(depth)
+
+        def build(self, var_list):
+            super().build(var_list)
+            self._lr_scales = [
+                self.layer_decay ** (self.depth + 1 - layer_id(v.path, self.depth)) for v in var_list
+            ]
+
+        def update_step(self, gradient, variable, learning_rate):
+            scale = self._lr_scales[self._get_variable_index(variable)]
+            return super().update_step(gradient, variable, learning_rate * scale)
+
+        def get_config(self):
+            return {**super().get_config(), "layer_decay": self.layer_decay, "depth": self.depth}
+
+    return LayerDecayAdamW
+
+
+LayerDecayAdamW = _layer_decay_adamw()
+
+
+def get_strategy(name):
+    import tensorflow as tf
+
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name in ("tpu", "auto"):
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return tf.distribute.TPUStrategy(resolver)
+        except (ValueError, RuntimeError, tf.errors.NotFoundError) as e:
+            if name == "tpu":
+                raise RuntimeError(f"--strategy tpu: no TPU found ({e})") from e
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def mixed_precision_policy(name):
+    import tensorflow as tf
+
+    if name == "auto":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return None if name == "none" else name
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: object
+    history: dict
+    val_accuracy: float
+    out: str
+    epochs_run: int
+
+
+def build_model(cfg, num_classes, image_size):
+    import keras_vitnt
+
+    weights = None if cfg.weights in (None, "none") else cfg.weights
+    if ":" in cfg.model and cfg.model.split(":")[0] in ("vit", "tnt"):  # "vit:Ti/4", "tnt:S"
+        family, variant = cfg.model.split(":", 1)
+        ctor = keras_vitnt.ViT if family == "vit" else keras_vitnt.TNT
+        return ctor(variant, weights=weights, input_shape=(image_size, image_size, 3), classes=num_classes,
+                    drop_path_rate=cfg.drop_path_rate, **cfg.overrides)
+    return keras_vitnt.create_model(cfg.model, weights=weights, input_shape=(image_size, image_size, 3),
+                                    classes=num_classes, drop_path_rate=cfg.drop_path_rate, **cfg.overrides)
+
+
+def default_image_size(cfg):
+    if cfg.image_size:
+        return cfg.image_size
+    if ":" in cfg.model:
+        raise ValueError(f"model {cfg.model!r}: pass image_size (e.g. 32)")
+    from keras_vitnt.models import registry
+
+    return registry.get_model_info(cfg.model).arch["img_size"]
+
+
+def train(cfg, extra_callbacks=(), verbose=1):
+    """Run the recipe; returns a TrainResult. Re-running with the same `out` after a
+    crash resumes from the last completed epoch (BackupAndRestore)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    image_size = default_image_size(cfg)
+    os.makedirs(cfg.out, exist_ok=True)
+    policy = mixed_precision_policy(cfg.mixed_precision)
+    previous_policy = keras.config.dtype_policy()
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
+    try:
+        train_raw, val_raw, class_names = load_data(cfg.data, image_size, cfg.val_fraction, cfg.seed)
+        num_classes = len(class_names)
+        train_ds, val_ds = pipelines(train_raw, val_raw, num_classes, cfg, image_size)
+        steps = int(train_ds.cardinality().numpy())
+        if steps <= 0:
+            steps = max(1, int(sum(1 for _ in train_raw) // cfg.batch_size))
+        strategy = get_strategy(cfg.strategy)
+        with strategy.scope():
+            model = build_model(cfg, num_classes, image_size)
+            depth = sum(1 for layer in model.layers if layer.name.startswith("blocks_"))
+            model.compile(
+                optimizer=make_optimizer(cfg, steps, depth),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                jit_compile=cfg.jit_compile and not isinstance(strategy, tf.distribute.TPUStrategy),
+            )
+        callbacks = [
+            keras.callbacks.BackupAndRestore(os.path.join(cfg.out, "backup")),
+            keras.callbacks.ModelCheckpoint(os.path.join(cfg.out, "best.keras"), monitor="val_accuracy",
+                                            save_best_only=True),
+            keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
+            keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False),
+            *extra_callbacks,
+        ]
+        log.info("training %s on %s: %d classes, %d steps/epoch, %d epochs, %s", model.name, cfg.data,
+                 num_classes, steps, cfg.epochs, policy or "float32")
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    history = read_log(os.path.join(cfg.out, "log.csv"))
+    val_accuracy = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
+    model.save(os.path.join(cfg.out, "model.keras"))
+    plot_curves(history, os.path.join(cfg.out, "curves.png"), title=f"{model.name} on {cfg.data}")
+    summary = {"config": dataclasses.asdict(cfg), "image_size": image_size, "classes": class_names,
+               "val_accuracy": val_accuracy, "epochs_run": len(history.get("epoch", [])),
+               "params": int(model.count_params())}
+    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"])
+
+
+def read_log(path):
+    """The CSVLogger file -> {column: [values]} (all epochs, across resumed runs)."""
+    import csv
+
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
+
+
+def plot_curves(history, path, title=""):
+    """Loss and accuracy per epoch (train and validation) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return None
+    epochs = [int(e) + 1 for e in history.get("epoch", range(len(history.get("loss", []))))]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in history:
+                ax.plot(epochs, history[prefix + key], style, label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
