@@ -43,6 +43,9 @@ setup(
             "tf2onnx",
             "onnx",
             "onnxruntime",
+            "nbclient",  # executes the Colab notebook in the test suite
+            "nbformat",
+            "ipykernel",
         ],
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
         "datasets": ["tensorflow-datasets"],

@@ -17,7 +17,7 @@ from keras_vitnt.train import TrainConfig, train
 
 IMAGE_SIZE = 16
 COMMON = dict(data="digits", weights="none", image_size=IMAGE_SIZE, batch_size=64, lr=3e-3, warmup_epochs=2,
-              weight_decay=0.05, label_smoothing=0.1, drop_path_rate=0.05, augment="light", flip=False)
+              weight_decay=0.05, label_smoothing=0.1, drop_path_rate=0.05, augment="none", flip=False)
 DEMO_MODELS = {
     "vit": dict(model="vit:Ti/4", overrides=dict(embed_dim=96, depth=4, num_heads=3)),
     "tnt": dict(model="tnt:S", overrides=dict(patch_size=4, first_stride=2, embed_dim=96, inner_dim=16, depth=4,
@@ -57,7 +57,7 @@ def run(out="saved_models/demo", epochs=30, overwrite=False, weights="none", ver
 
         (_, _), (x_test, _) = load_digits(size=res.model.input_shape[1])
         report = keras_vitnt.export(res.model, os.path.join(out, f"{kind}.tflite"), sample_data=x_test[:64],
-                                    class_names=[str(i) for i in range(10)], overwrite=True)
+                                    class_names=res.class_names, overwrite=True)
         print(f"{kind.upper()}: LiteRT {report['size_bytes'] / 1e6:.2f} MB, max relative error "
               f"{report['max_relative_error']:.1e}, top-1 agreement {report['top1_agreement']:.2%} on 64 test digits",
               flush=True)

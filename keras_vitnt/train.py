@@ -44,10 +44,11 @@ class TrainConfig:
     image_size: int = None  # default: the model's input size
     augment: str = "light"  # "none", "light" (random resized crop + flip), "randaugment"
     flip: bool = True
+    crop_scale: float = 0.35  # random resized crop: smallest fraction of the image area kept
     mixup: float = 0.0  # alpha; 0 disables
     cutmix: float = 0.0
     mixed_precision: str = "none"  # "none", "auto", "mixed_float16", "mixed_bfloat16"
-    strategy: str = "auto"  # "auto", "mirrored", "tpu", "none"
+    strategy: object = "auto"  # "auto", "mirrored", "tpu", "none", or a tf.distribute.Strategy
     val_fraction: float = 0.1
     seed: int = 0
     jit_compile: bool = True
@@ -120,7 +121,7 @@ def pipelines(train, val, num_classes, cfg, image_size):
 
     def augment_one(x, y):
         if cfg.augment != "none":
-            x = random_resized_crop(x, image_size, scale=(0.5, 1.0) if cfg.data == "digits" else (0.35, 1.0))
+            x = random_resized_crop(x, image_size, scale=(cfg.crop_scale, 1.0))
             if cfg.flip:
                 x = tf.image.random_flip_left_right(x)
         return tf.clip_by_value(x, 0.0, 255.0), y
@@ -216,11 +217,17 @@ LayerDecayAdamW = _layer_decay_adamw()
 
 
 def get_strategy(name):
+    """A tf.distribute strategy from its CLI name (or a Strategy instance, used as is)."""
     import tensorflow as tf
 
+    if isinstance(name, tf.distribute.Strategy):
+        return name
     if name == "none":
         return tf.distribute.get_strategy()
-    if name in ("tpu", "auto"):
+    tpu_hint = any(os.environ.get(k) for k in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")) or any(
+        n.startswith(("accel", "vfio")) for n in (os.listdir("/dev") if os.path.isdir("/dev") else []))
+    # "auto" only probes for a TPU where one is announced: the probe can wait on a metadata server
+    if name == "tpu" or (name == "auto" and tpu_hint):
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
             tf.config.experimental_connect_to_cluster(resolver)
@@ -252,6 +259,7 @@ class TrainResult:
     val_accuracy: float
     out: str
     epochs_run: int
+    class_names: list
 
 
 def build_model(cfg, num_classes, image_size):
@@ -305,16 +313,21 @@ def train(cfg, extra_callbacks=(), verbose=1):
                 optimizer=make_optimizer(cfg, steps, depth),
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                jit_compile=cfg.jit_compile and not isinstance(strategy, tf.distribute.TPUStrategy),
+                # XLA per replica on one device; TPUs compile on their own
+                jit_compile=cfg.jit_compile and strategy.num_replicas_in_sync == 1
+                and not isinstance(strategy, tf.distribute.TPUStrategy),
             )
         callbacks = [
             keras.callbacks.BackupAndRestore(os.path.join(cfg.out, "backup")),
             keras.callbacks.ModelCheckpoint(os.path.join(cfg.out, "best.keras"), monitor="val_accuracy",
                                             save_best_only=True),
             keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
-            keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False),
             *extra_callbacks,
         ]
+        if _has_tensorboard():
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False))
+        else:
+            log.info("tensorboard is not installed: CSV log only (pip install tensorboard for TensorBoard logs)")
         log.info("training %s on %s: %d classes, %d steps/epoch, %d epochs, %s", model.name, cfg.data,
                  num_classes, steps, cfg.epochs, policy or "float32")
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose)
@@ -325,12 +338,20 @@ def train(cfg, extra_callbacks=(), verbose=1):
     val_accuracy = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
     model.save(os.path.join(cfg.out, "model.keras"))
     plot_curves(history, os.path.join(cfg.out, "curves.png"), title=f"{model.name} on {cfg.data}")
-    summary = {"config": dataclasses.asdict(cfg), "image_size": image_size, "classes": class_names,
+    config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    config = {k: (v if isinstance(v, (str, int, float, bool, dict, type(None))) else repr(v)) for k, v in config.items()}
+    summary = {"config": config, "image_size": image_size, "classes": class_names,
                "val_accuracy": val_accuracy, "epochs_run": len(history.get("epoch", [])),
                "params": int(model.count_params())}
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"])
+    return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"], list(class_names))
+
+
+def _has_tensorboard():
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def read_log(path):

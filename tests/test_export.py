@@ -53,9 +53,10 @@ def test_tnt_s_litert_fp32_and_dynamic_int8(tmp_path):
     assert dyn["size_bytes"] <= 0.35 * fp32["size_bytes"] and dyn["correlation"] >= 0.99
 
 
-def test_int8_keeps_top1_on_real_digits(digits_vit, tmp_path):
-    model, (x_test, y_test), keras_acc = digits_vit
-    assert keras_acc >= 0.75  # the model learned something: its predictions mean something
+def test_int8_keeps_top1_on_real_digits(digits_runs, tmp_path):
+    result, (x_test, y_test) = digits_runs["vit"]
+    model, keras_acc = result.model, result.val_accuracy
+    assert keras_acc >= 0.9  # a trained model: its predictions mean something
     rng = np.random.default_rng(0)
     calibration = x_test[rng.choice(len(x_test), 64, replace=False)]
     report = keras_vitnt.export(model, tmp_path / "digits_int8.tflite", quantization="int8",
