@@ -113,6 +113,30 @@ def cmd_export(args):
     return 0
 
 
+def cmd_visualize(args):
+    """Attention rollout / attention heads / TNT inner maps / feature maps as a PNG."""
+    from keras_vitnt import visualize as vz
+    from keras_vitnt.data import load_image
+
+    model = _load_model_arg(args.model, args.weights)
+    h, w = model.input_shape[1:3]
+    if h != w:
+        raise ValueError("visualize loads square crops; build the model at a square input size")
+    image = load_image(args.image, size=h)
+    if args.kind == "rollout":
+        vz.overlay(image, vz.attention_rollout(model, image), args.out, title="attention rollout")
+    elif args.kind == "attention":
+        vz.attention_grid(model, image, args.out, block=args.block)
+    elif args.kind == "tnt-inner":
+        vz.overlay(image, vz.tnt_inner_maps(model, image, block=args.block), args.out, title="TNT inner attention")
+    else:
+        fm = vz.feature_maps(model, image, blocks=[args.block])
+        vz.overlay(image, vz.upsample(vz.feature_map_image(next(iter(fm.values()))), (h, w)), args.out,
+                   title=f"features, block {args.block} (PC 1)")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args):
     """The offline demo: two transformers trained on the bundled digits, exported to LiteRT."""
     from keras_vitnt import demo
@@ -196,6 +220,14 @@ def build_parser():
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--overrides", default=None, help='architecture overrides as JSON, e.g. \'{"depth": 4}\'')
     q.set_defaults(func=cmd_train)
+    q = sub.add_parser("visualize", help="attention rollout, attention heads, TNT inner maps or features as a PNG")
+    q.add_argument("image")
+    q.add_argument("--model", default="tnt_s_patch16_224", help="timm name (optionally .tag) or a .keras model")
+    q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
+    q.add_argument("--kind", default="rollout", choices=["rollout", "attention", "tnt-inner", "features"])
+    q.add_argument("--block", type=int, default=-1, help="block for attention / tnt-inner / features")
+    q.add_argument("--out", default="attention.png")
+    q.set_defaults(func=cmd_visualize)
     q = sub.add_parser("demo", help="offline demo: train a ViT and a TNT on digits, export to LiteRT")
     q.add_argument("--out", default="saved_models/demo")
     q.add_argument("--epochs", type=int, default=30)
