@@ -31,7 +31,7 @@ def demo_config(kind, out, epochs, **changes):
 
 
 def run(out="saved_models/demo", epochs=30, overwrite=False, weights="none", verbose=1):
-    """Run the demo; returns the summary dict also written to `out/summary.json`."""
+    """Run the demo; returns {kind: results}, also written to `out/summary.json`."""
     import keras_vitnt
 
     if os.path.exists(out):
@@ -40,7 +40,7 @@ def run(out="saved_models/demo", epochs=30, overwrite=False, weights="none", ver
         shutil.rmtree(out)
     os.makedirs(out)
     kinds = ["tnt"] if weights != "none" else ["vit", "tnt"]
-    results = {}
+    results, trained = {}, {}
     for kind in kinds:
         if weights != "none":
             cfg = TrainConfig(model="tnt_s_patch16_224", weights=weights, data="digits", out=os.path.join(out, kind),
@@ -61,17 +61,42 @@ def run(out="saved_models/demo", epochs=30, overwrite=False, weights="none", ver
         print(f"{kind.upper()}: LiteRT {report['size_bytes'] / 1e6:.2f} MB, max relative error "
               f"{report['max_relative_error']:.1e}, top-1 agreement {report['top1_agreement']:.2%} on 64 test digits",
               flush=True)
+        trained[kind] = (res.model, x_test)
         results[kind] = {"model": cfg.model, "overrides": cfg.overrides, "test_accuracy": res.val_accuracy,
                          "epochs": res.epochs_run, "minutes": round(minutes, 2),
                          "params": int(res.model.count_params()), "litert": report,
                          "curves": os.path.join(kind, "curves.png"), "config": dataclasses.asdict(cfg)}
-    write_report(out, results)
+    figs = figures(out, trained, results) if len(trained) == 2 else None
+    write_report(out, results, figs)
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump({"models": results, "figures": figs}, f, indent=1)
     return results
 
 
-def write_report(out, results):
+def figures(out, trained, results):
+    """t-SNE of both models' test features side by side, rollout and TNT inner maps."""
+    import numpy as np
+
+    from keras_vitnt import visualize as vz
+    from keras_vitnt.data.digits import load_digits
+
+    (_, _), (x_test, y_test) = load_digits(size=IMAGE_SIZE)
+    feats = {f"{k.upper()} (test acc. {results[k]['test_accuracy']:.3f})": vz.extract_features(m, x_test)
+             for k, (m, _) in trained.items()}
+    vz.tsne_plot(feats, y_test, os.path.join(out, "tsne.png"))
+    picks = [int(np.flatnonzero(y_test == d)[0]) for d in (0, 3, 7)]
+    for kind, (model, _) in trained.items():
+        for i in picks:
+            vz.overlay(x_test[i], vz.attention_rollout(model, x_test[i]),
+                       os.path.join(out, f"rollout_{kind}_{y_test[i]}.png"), title=f"{kind.upper()} rollout, digit {y_test[i]}")
+    tnt_model = trained["tnt"][0]
+    vz.overlay(x_test[picks[1]], vz.tnt_inner_maps(tnt_model, x_test[picks[1]]), os.path.join(out, "tnt_inner.png"),
+               title="TNT inner (pixel) attention")
+    return {"tsne": "tsne.png", "rollout": [f"rollout_{k}_{y_test[i]}.png" for k in trained for i in picks],
+            "tnt_inner": "tnt_inner.png"}
+
+
+def write_report(out, results, figs=None):
     lines = ["# keras_vitnt demo: ViT and TNT on handwritten digits", "",
              "Trained from scratch with `keras_vitnt.train` on scikit-learn's digits (1,437 train / 360 test "
              f"images, 8x8 upscaled to {IMAGE_SIZE}x{IMAGE_SIZE} RGB), exported to LiteRT and checked in the "
@@ -86,5 +111,10 @@ def write_report(out, results):
     lines.append("")
     for kind, r in results.items():
         lines += [f"## {kind.upper()} training curves", "", f"![{kind} curves]({r['curves']})", ""]
+    if figs:
+        lines += ["## t-SNE of the test digits' pooled features (ViT vs TNT)", "", f"![t-SNE]({figs['tsne']})", "",
+                  "## Attention rollout from the class token", ""]
+        lines += [f"![rollout]({p})" for p in figs["rollout"]]
+        lines += ["", "## TNT inner (pixel-level) attention, last block", "", f"![TNT inner]({figs['tnt_inner']})", ""]
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
