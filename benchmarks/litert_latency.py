@@ -29,7 +29,6 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    import numpy as np
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
@@ -75,7 +74,6 @@ def main():
                              med["fp32"] / med[k], r["size_bytes"] / 1e6 if r else None,
                              r["max_relative_error"] if r else None, r.get("correlation") if r else None))
                 print(rows[-1], flush=True)
-            del model
 
     table = [
         f"batch 1, {args.threads} threads (LiteRT: XNNPACK), median of {args.rounds} interleaved rounds, "

@@ -66,7 +66,6 @@ def main():
         t = args.batch / statistics.median(times["timm"])
         rows.append((name, k, t, k / t))
         print(f"{name}: keras_vitnt {k:.1f} img/s, timm {t:.1f} img/s, ratio {k / t:.2f}", flush=True)
-        del km, tm
 
     table = [
         f"batch {args.batch}, {args.threads} threads, fp32, median of {args.rounds} interleaved rounds",

@@ -21,6 +21,19 @@ def torch_conv_init():
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
+def conv(filters, kernel_size, strides, name="proj"):
+    """A "valid" Conv2D initialised as PyTorch's (padding, where needed, is explicit)."""
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="valid",
+        kernel_initializer=torch_conv_init(),
+        bias_initializer="zeros",
+        name=name,
+    )
+
+
 def layer_norm(epsilon, name):
     """LayerNormalization with an explicit epsilon (Keras's default 1e-3 is never right here)."""
     return keras.layers.LayerNormalization(epsilon=epsilon, name=name)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vitnt.layers.base import TimmMapped, register, torch_conv_init
+from keras_vitnt.layers.base import TimmMapped, conv, register
 
 POS_EMBED_KINDS = ("learned_1d", "learned_2d", "sincos_2d", "none")
 
@@ -38,9 +38,9 @@ def unfold_patches(x, patch_size):
     Uses only rank-4 reshapes and one transpose (no tf.image.extract_patches, which is
     a Flex op in LiteRT, and no rank-6 reshape). H, W, C must be static.
     """
-    _, h, w, c = x.shape
+    _, _, w, c = x.shape
     p = patch_size
-    gh, gw = h // p, w // p
+    gw = w // p
     x = ops.reshape(x, (-1, p, gw, p * c))  # (B*gh, dy, gx, dx*C + c)
     x = ops.transpose(x, (0, 2, 1, 3))  # (B*gh, gx, dy, dx*C + c)
     return ops.reshape(x, (-1, p, p, c))
@@ -56,15 +56,7 @@ class PatchEmbedding(TimmMapped, keras.layers.Layer):
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
         self.embed_dim = int(embed_dim)
-        self.proj = keras.layers.Conv2D(
-            self.embed_dim,
-            self.patch_size,
-            strides=self.patch_size,
-            padding="valid",
-            kernel_initializer=torch_conv_init(),
-            bias_initializer="zeros",
-            name="proj",
-        )
+        self.proj = conv(self.embed_dim, self.patch_size, strides=self.patch_size)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from keras_vitnt.layers.attention import TNTAttention
-from keras_vitnt.layers.base import TimmMapped, dense, layer_norm, register, torch_conv_init
+from keras_vitnt.layers.base import TimmMapped, conv, dense, layer_norm, register
 from keras_vitnt.layers.blocks import DropPath, Mlp
 from keras_vitnt.layers.embedding import unfold_patches
 
@@ -41,15 +41,7 @@ class PixelEmbed(TimmMapped, keras.layers.Layer):
         self.legacy = bool(legacy)
         self.words = words_per_side(self.patch_size, self.stride)
         self.pad = keras.layers.ZeroPadding2D(3)
-        self.proj = keras.layers.Conv2D(
-            self.inner_dim,
-            7,
-            strides=self.stride,
-            padding="valid",
-            kernel_initializer=torch_conv_init(),
-            bias_initializer="zeros",
-            name="proj",
-        )
+        self.proj = conv(self.inner_dim, 7, strides=self.stride)  # after an explicit symmetric pad of 3
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)

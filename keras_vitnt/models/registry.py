@@ -246,7 +246,6 @@ def count_params(family, arch, classes=1000, include_top=True):
     `list_models`/README use, and tested against both timm and the built Keras model."""
     d, p, img = arch["embed_dim"], arch["patch_size"], arch["img_size"]
     h, w = (img, img) if isinstance(img, int) else img
-    n = (h // p) * (w // p)
     mlp = lambda dim, hidden: dim * hidden + hidden + hidden * dim + dim  # noqa: E731
     norm = lambda dim: 2 * dim  # noqa: E731
     hidden = int(d * arch["mlp_ratio"])
