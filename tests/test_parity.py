@@ -20,7 +20,8 @@ SLOW = [n for n in registry.list_models() if n not in FAST]
 
 
 def _parity(name, tmp_path, ext=".safetensors", **timm_kwargs):
-    tm = perturbed_timm_model(name, **timm_kwargs)
+    # num_classes explicit: timm takes the default tag's class count, 0 for headless tags (orig_in21k, dino)
+    tm = perturbed_timm_model(name, **{"num_classes": 1000, **timm_kwargs})
     path = save_checkpoint(tm, tmp_path / f"{name}{ext}")
     size = tm.pretrained_cfg["input_size"][1]
     x = normalised_images(2, size, size)
