@@ -12,11 +12,11 @@ LiteRT fp32, file size, and the export's parity against Keras.
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from timing import emit_table, interleaved_medians  # noqa: E402
 
 QUANTS = [None, "float16", "dynamic_int8", "int8"]
 
@@ -58,16 +58,7 @@ def main():
 
                 runners[q or "fp32"] = run
                 info[q or "fp32"] = report
-            for fn in runners.values():
-                fn()
-                fn()
-            times = {k: [] for k in runners}
-            for _ in range(args.rounds):
-                for k, fn in runners.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[k].append(time.perf_counter() - t0)
-            med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+            med = {k: v * 1000 for k, v in interleaved_medians(runners, args.rounds).items()}
             for k in runners:
                 r = info.get(k)
                 rows.append((name, "Keras predict_on_batch" if k == "keras" else f"LiteRT {k}", med[k],
@@ -85,10 +76,7 @@ def main():
     for n, k, ms, sp, mb, err, corr in rows:
         table.append(f"| {n} | {k} | {ms:.1f} | {sp:.2f} | {'' if mb is None else f'{mb:.1f}'} | "
                      f"{'' if err is None else f'{err:.1e}'} | {'' if corr is None else f'{corr:.4f}'} |")
-    print("\n" + "\n".join(table))
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(table) + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ images/second and the ratio keras_vitnt / timm. Needs the test extra (timm, torc
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # timm before TensorFlow: triton's native library crashes when loaded after TensorFlow
 import timm  # noqa: E402
 import torch  # noqa: E402
+from timing import emit_table, interleaved_medians  # noqa: E402
 
 
 def main():
@@ -53,17 +52,8 @@ def main():
             with torch.inference_mode():
                 tm(xt)
 
-        for fn in (run_keras, run_timm):  # warm-up: tracing, allocator
-            fn()
-            fn()
-        times = {"keras": [], "timm": []}
-        for _ in range(args.rounds):
-            for key, fn in (("keras", run_keras), ("timm", run_timm)):
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
-        k = args.batch / statistics.median(times["keras"])
-        t = args.batch / statistics.median(times["timm"])
+        med = interleaved_medians({"keras": run_keras, "timm": run_timm}, args.rounds)
+        k, t = args.batch / med["keras"], args.batch / med["timm"]
         rows.append((name, k, t, k / t))
         print(f"{name}: keras_vitnt {k:.1f} img/s, timm {t:.1f} img/s, ratio {k / t:.2f}", flush=True)
 
@@ -73,10 +63,7 @@ def main():
         "| model | keras_vitnt img/s | timm img/s | ratio |",
         "|---|---:|---:|---:|",
     ] + [f"| {n} | {k:.1f} | {t:.1f} | {r:.2f} |" for n, k, t, r in rows]
-    print("\n" + "\n".join(table))
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(table) + "\n")
+    emit_table(table, args.out)
 
 
 if __name__ == "__main__":
