@@ -1,5 +1,6 @@
-"""The `keras-vitnt` command line: `list` and `demo` (more subcommands arrive with the
-predict / train / export / benchmark / visualize features)."""
+"""The `keras-vitnt` command line: list, predict, export, train, visualize, demo.
+(Benchmarks are scripts in benchmarks/; a `benchmark` subcommand comes with the
+performance work.)"""
 
 import argparse
 import logging
