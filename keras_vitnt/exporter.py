@@ -195,10 +195,10 @@ def _write_litert(model, path, quantization, representative_data, batch_size):
 
 
 def _write_onnx(model, path, batch_size):
-    try:
-        import tf2onnx  # noqa: F401
-    except ImportError as e:
-        raise ImportError("ONNX export needs tf2onnx and onnxruntime: pip install 'keras_vitnt[onnx]'") from e
+    import importlib.util
+
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise ImportError("ONNX export needs tf2onnx and onnxruntime: pip install 'keras_vitnt[onnx]'")
     import tensorflow as tf
 
     from keras_vitnt.layers.blocks import gelu_as_erf

@@ -2,16 +2,12 @@
 preprocessing, the family's trunk, pooling and head, and weight loading, following the
 keras.applications conventions."""
 
-import logging
-
 import keras
 
 from keras_vitnt.layers import PositionEmbedding, Preprocess, TokenPool
 from keras_vitnt.layers.base import dense
 from keras_vitnt.layers.embedding import POS_EMBED_KINDS, grid_for
 from keras_vitnt.models import registry
-
-log = logging.getLogger("keras_vitnt")
 
 # timm's spelling of position-embedding kinds, accepted as aliases
 _POS_ALIASES = {"learn": "learned_1d", "": "none", None: "none"}
