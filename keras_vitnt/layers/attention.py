@@ -1,8 +1,20 @@
 """Multi-head self-attention: ViT's fused `qkv` projection and TNT's separate `qk` / `v`.
 
-Both run through `keras.ops.dot_product_attention` on (B, T, heads, head_dim) tensors
-(rank 4, no transposes needed before the call) and can also return the attention
-weights (B, heads, T, T) for visualisation.
+Where the time goes on CPU (TensorFlow 2.21 + oneDNN, measured with the TF profiler on
+ViT-S/16 at batch 16; see benchmarks/README.md):
+
+- Dense layers run on 2-D (tokens, channels) tensors. Keras's Dense on a rank-3 input
+  goes through Tensordot (reshape, MatMul, reshape), and the reshape between MatMul and
+  BiasAdd stops TensorFlow's remapper from fusing them: the bias became a separate pass
+  (3% of the time) and, in the MLP, GELU three more (Neg, Erfc, Mul). On 2-D inputs
+  MatMul + BiasAdd (+ GELU) is one oneDNN kernel.
+- Attention is two batched matmuls on (heads, B, T, head_dim). `ops.dot_product_attention`
+  lowers to einsums in the TF backend, which took 13% of ViT-S and 18% of TNT-S;
+  BatchMatMul with the key transpose folded in is about a third faster. One transpose
+  of the fused projection puts q, k and v in that layout at once, and with the heads
+  leading they are slices along axis 0, which cost no copy (slices along axis 1 were
+  another 2%). Other backends keep `ops.dot_product_attention` (flash
+  kernels on GPU) whenever the weights are not needed.
 """
 
 import keras
@@ -11,28 +23,37 @@ from keras import ops
 from keras_vitnt.layers.base import TimmMapped, dense, register
 
 
-def _split_heads(x, num_heads):
-    t, d = x.shape[1], x.shape[2]
-    return ops.reshape(x, (-1, t, num_heads, d // num_heads))
+def _tokens_2d(x):
+    """(B, T, D) -> (B*T, D) and the static (or dynamic) token count T."""
+    t = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+    return ops.reshape(x, (-1, x.shape[-1])), t
 
 
-def _attend(q, k, v, num_heads, scale, attn_drop, training, return_weights, dropout_layer):
-    """q, k, v: (B, T, D) -> (B, T, D) and optionally the (B, heads, T, T) weights."""
-    t = q.shape[1]
-    q, k, v = (_split_heads(a, num_heads) for a in (q, k, v))
-    needs_weights = return_weights or (attn_drop > 0 and training)
-    if not needs_weights:
+def _heads_first(x, t, groups, num_heads):
+    """(B*T, groups*D) -> (groups*heads, B, T, head_dim) with one transpose. Heads lead, so
+    q, k and v are slices along axis 0, which TensorFlow takes without a copy."""
+    head_dim = x.shape[-1] // (groups * num_heads)
+    return ops.transpose(ops.reshape(x, (-1, t, groups * num_heads, head_dim)), (2, 0, 1, 3))
+
+
+def _merge_heads(x, dim):
+    """(heads, B, T, head_dim) -> (B*T, heads*head_dim)."""
+    return ops.reshape(ops.transpose(x, (1, 2, 0, 3)), (-1, dim))
+
+
+def _attend(q, k, v, scale, needs_weights, dropout, training):
+    """q, k, v: (heads, B, T, head_dim) -> (heads, B, T, head_dim) and the softmax weights
+    as (B, heads, T, T), or None when they were not computed."""
+    if not needs_weights and keras.backend.backend() != "tensorflow":
+        # (B, T, heads, head_dim) is the layout dot_product_attention takes
+        q, k, v = (ops.transpose(a, (1, 2, 0, 3)) for a in (q, k, v))
         out = ops.dot_product_attention(q, k, v, scale=scale)
-        weights = None
-    else:
-        qh = ops.transpose(q, (0, 2, 1, 3))  # (B, h, T, hd)
-        kh = ops.transpose(k, (0, 2, 3, 1))  # (B, h, hd, T)
-        vh = ops.transpose(v, (0, 2, 1, 3))
-        weights = ops.softmax(ops.matmul(qh * ops.cast(scale, qh.dtype), kh), axis=-1)
-        probs = dropout_layer(weights, training=training) if attn_drop > 0 else weights
-        out = ops.transpose(ops.matmul(probs, vh), (0, 2, 1, 3))
-    out = ops.reshape(out, (-1, t, out.shape[2] * out.shape[3]))
-    return out, weights
+        return ops.transpose(out, (2, 0, 1, 3)), None
+    scores = ops.matmul(q * ops.cast(scale, q.dtype), ops.swapaxes(k, -1, -2))
+    weights = ops.softmax(scores, axis=-1)
+    probs = dropout(weights, training=training) if dropout.rate > 0 else weights
+    out = ops.matmul(probs, v)
+    return out, (ops.transpose(weights, (1, 0, 2, 3)) if needs_weights else None)
 
 
 class _AttentionBase(TimmMapped, keras.layers.Layer):
@@ -50,15 +71,17 @@ class _AttentionBase(TimmMapped, keras.layers.Layer):
         self.attn_dropout = keras.layers.Dropout(self.attn_drop)
         self.proj_dropout = keras.layers.Dropout(self.proj_drop)
 
-    def _qkv(self, x):
+    def _qkv(self, x, t):
+        """(B*T, D) rows -> q, k, v as (heads, B, T, head_dim)."""
         raise NotImplementedError
 
     def call(self, x, training=None, return_attention_scores=False):
-        q, k, v = self._qkv(x)
-        out, weights = _attend(
-            q, k, v, self.num_heads, self.scale, self.attn_drop, training, return_attention_scores, self.attn_dropout
-        )
-        out = self.proj_dropout(self.proj(out), training=training)
+        rows, t = _tokens_2d(x)
+        q, k, v = self._qkv(rows, t)
+        needs_weights = return_attention_scores or bool(training and self.attn_drop > 0)
+        out, weights = _attend(q, k, v, self.scale, needs_weights, self.attn_dropout, training)
+        out = self.proj_dropout(self.proj(_merge_heads(out, self.dim)), training=training)
+        out = ops.reshape(out, (-1, t, self.dim))
         return (out, weights) if return_attention_scores else out
 
     def compute_output_shape(self, input_shape):
@@ -90,10 +113,10 @@ class Attention(_AttentionBase):
         self.qkv.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.dim,))
 
-    def _qkv(self, x):
-        qkv = self.qkv(x)
-        d = self.dim
-        return qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
+    def _qkv(self, x, t):
+        qkv = _heads_first(self.qkv(x), t, 3, self.num_heads)
+        h = self.num_heads
+        return qkv[:h], qkv[h : 2 * h], qkv[2 * h :]
 
     def get_config(self):
         return {**super().get_config(), "qkv_bias": self.qkv_bias}
@@ -118,9 +141,10 @@ class TNTAttention(_AttentionBase):
         self.v.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.dim,))
 
-    def _qkv(self, x):
-        qk = self.qk(x)
-        return qk[..., : self.dim], qk[..., self.dim :], self.v(x)
+    def _qkv(self, x, t):
+        qk = _heads_first(self.qk(x), t, 2, self.num_heads)
+        v = _heads_first(self.v(x), t, 1, self.num_heads)
+        return qk[: self.num_heads], qk[self.num_heads :], v
 
     def get_config(self):
         return {**super().get_config(), "qkv_bias": self.qkv_bias}

@@ -55,9 +55,12 @@ class Mlp(TimmMapped, keras.layers.Layer):
         self.fc2.build(input_shape[:-1] + (self.hidden_dim,))
 
     def call(self, x, training=None):
-        x = gelu(self.fc1(x))
+        # on (rows, channels): fc1 + bias + GELU is then one fused oneDNN kernel (see attention.py)
+        shape = ops.shape(x)[:-1] if None in x.shape[:-1] else x.shape[:-1]
+        x = gelu(self.fc1(ops.reshape(x, (-1, x.shape[-1]))))
         x = self.dropout(x, training=training)
-        return self.dropout(self.fc2(x), training=training)
+        x = self.dropout(self.fc2(x), training=training)
+        return ops.reshape(x, tuple(shape) + (self.out_dim,))
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1] + (self.out_dim,)
