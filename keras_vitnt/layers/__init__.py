@@ -1,6 +1,7 @@
 """Keras layers of keras_vitnt, all registered for `.keras` save/load."""
 
 from keras_vitnt.layers.attention import Attention, TNTAttention
+from keras_vitnt.layers.base import LayerNorm
 from keras_vitnt.layers.blocks import DropPath, Mlp, TransformerBlock
 from keras_vitnt.layers.embedding import (
     POS_EMBED_KINDS,
@@ -16,6 +17,7 @@ from keras_vitnt.layers.tnt import PixelEmbed, PixelToPatch, TNTBlock
 __all__ = [
     "Attention",
     "DropPath",
+    "LayerNorm",
     "Mlp",
     "POS_EMBED_KINDS",
     "PatchEmbedding",

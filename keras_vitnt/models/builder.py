@@ -5,7 +5,7 @@ keras.applications conventions."""
 import keras
 
 from keras_vitnt.layers import PositionEmbedding, Preprocess, TokenPool
-from keras_vitnt.layers.base import dense
+from keras_vitnt.layers.base import dense, layer_norm
 from keras_vitnt.layers.embedding import POS_EMBED_KINDS, grid_for
 from keras_vitnt.models import registry
 
@@ -142,7 +142,7 @@ def build(
         if arch["global_pool"] == "avg":
             y = TokenPool("avg", num_prefix, name="pool")(tokens)
             if not normed:
-                y = keras.layers.LayerNormalization(epsilon=eps, name="fc_norm")(y)
+                y = layer_norm(eps, "fc_norm")(y)
             y = keras.layers.Dropout(drop_rate, name="head_drop")(y)
             y = dense(classes, "head")(y)
         elif distilled:
@@ -161,7 +161,7 @@ def build(
     elif pooling == "avg":
         outputs = TokenPool("avg", num_prefix, name="pool")(tokens)
         if not normed:
-            outputs = keras.layers.LayerNormalization(epsilon=eps, name="fc_norm")(outputs)
+            outputs = layer_norm(eps, "fc_norm")(outputs)
     else:
         outputs = tokens
 

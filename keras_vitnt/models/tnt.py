@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_vitnt.layers import PixelEmbed, PixelToPatch, PrefixTokens, TNTBlock
+from keras_vitnt.layers.base import layer_norm
 from keras_vitnt.layers.embedding import grid_for
 from keras_vitnt.layers.tnt import words_per_side
 from keras_vitnt.models import builder, registry
@@ -37,7 +38,7 @@ def tnt_trunk(x, arch, drop_path_rate):
             norm_eps=1e-5,
             name=f"blocks_{i}",
         )([pixels, patches])
-    patches = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")(patches)
+    patches = layer_norm(1e-5, "norm")(patches)
     return patches, 1, True
 
 

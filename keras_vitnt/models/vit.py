@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_vitnt.layers import PatchEmbedding, PrefixTokens, TransformerBlock
+from keras_vitnt.layers.base import layer_norm
 from keras_vitnt.models import builder, registry
 
 BASE_DOCSTRING = """Instantiates {title}, as timm's `{timm}` (same numbers for the same checkpoint).
@@ -59,7 +60,7 @@ def vit_trunk(x, arch, drop_path_rate):
     # timm: global_pool="avg" moves the final norm after pooling (fc_norm)
     normed = arch["global_pool"] != "avg"
     if normed:
-        x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+        x = layer_norm(1e-6, "norm")(x)
     return x, num_prefix, normed
 
 

@@ -1,0 +1,542 @@
+"""`keras-vitnt benchmark`: keras_vitnt next to timm, side by side in one run.
+
+    keras-vitnt benchmark [--sections inference training memory litert bf16]
+                          [--models ...] [--batches 1 16] [--threads 2] [--rounds 3]
+                          [--out benchmarks/results.md] [--overwrite]
+
+Every comparison alternates the contenders round by round and reports medians, because
+these machines are shared and drift by 2x from hour to hour: only ratios taken in the
+same run are stable. Sections:
+
+- inference: `model.predict_on_batch` (the plain user path) in fp32 and under Keras's
+  `mixed_bfloat16` policy, next to timm fp32 under `torch.inference_mode`, with
+  `keras.applications.ResNet50` (next to torchvision's) as the CNN baseline. The matmul
+  FLOPs of each model are counted on its graph; "% of peak" is the fp32 path's FLOP rate
+  over the fp32 matmul peak (a 2048^3 `tf.matmul`) measured at the start of the run.
+- training: one optimizer step on a batch (Keras `train_on_batch` with AdamW, with and
+  without XLA) next to a PyTorch AdamW step on the timm model.
+- memory: peak resident memory of a fresh process that builds the model and runs
+  inference / a training step, for both frameworks.
+- litert: batch-1 latency of the exported .tflite files (fp32, float16, dynamic_int8,
+  int8) under the stock interpreter, next to Keras.
+- bf16: accuracy of mixed_bfloat16 against fp32: logit error and top-1 agreement on the
+  real digits images for the demo's trained ViT and TNT, and the logit error of the
+  ImageNet-size models on real photos.
+
+Needs timm and torch (the `test` extra). timm must be imported before TensorFlow (its
+triton dependency crashes otherwise), so `main` re-executes itself in a fresh Python
+when TensorFlow is already loaded.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+INFERENCE_MODELS = [
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+    "deit_small_patch16_224",
+    "tnt_s_patch16_224",
+    "tnt_b_patch16_224",
+    "resnet50",
+]
+TRAIN_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
+LITERT_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
+SECTIONS = ("inference", "training", "memory", "litert", "bf16")
+QUANTS = (None, "float16", "dynamic_int8", "int8")
+_REEXEC = "import timm, sys; from keras_vitnt.benchmark import main; sys.exit(main(sys.argv[1:]))"
+
+
+# --- timing ----------------------------------------------------------------------------
+
+
+def interleaved_medians(runners, rounds, warmup=2):
+    """{name: fn} -> {name: median seconds}. Every runner is warmed up, then they alternate
+    round by round, so drift on a shared machine hits all of them alike."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def set_threads(threads):
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised in this process: keep its setting
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+# --- models and FLOPs ---------------------------------------------------------------------
+
+
+def keras_model(name, policy=None, weights=None, include_preprocessing=False):
+    """A keras_vitnt model (or keras.applications.ResNet50 for "resnet50") with logits
+    output, built under `policy` ("mixed_bfloat16") if given."""
+    import keras
+
+    import keras_vitnt
+
+    previous = keras.config.dtype_policy().name
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        if name == "resnet50":
+            return keras.applications.ResNet50(weights=None, classifier_activation=None)
+        return keras_vitnt.create_model(name, weights=weights, include_preprocessing=include_preprocessing,
+                                        classifier_activation=None)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def torch_model(name):
+    import timm
+
+    if name == "resnet50":
+        import torchvision
+
+        return torchvision.models.resnet50()
+    return timm.create_model(name, pretrained=False)
+
+
+def matmul_flops(model):
+    """FLOPs per image of the matrix products (MatMul, BatchMatMul, Conv2D: 2 per
+    multiply-add), counted on the traced graph at batch 1."""
+    import tensorflow as tf
+
+    shape = (1,) + tuple(model.input_shape[1:])
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec(shape, model.inputs[0].dtype)
+    ).graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type in ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "BatchMatMul"):
+            a = op.inputs[0].shape
+            adj = op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x")
+            k = a[-2] if adj else a[-1]
+            total += 2 * op.outputs[0].shape.num_elements() * k
+        elif op.type == "Conv2D":
+            kh, kw, cin, _ = op.inputs[1].shape
+            total += 2 * op.outputs[0].shape.num_elements() * kh * kw * cin
+    return total
+
+
+def matmul_peak(threads, rounds=5, n=2048):
+    """Measured GFLOP/s of an n^3 tf.matmul in fp32 and bf16 (medians, interleaved)."""
+    import tensorflow as tf
+
+    set_threads(threads)
+    runners = {}
+    for dtype in ("float32", "bfloat16"):
+        a = tf.random.normal((n, n), dtype="float32")
+        a = tf.cast(a, dtype)
+        fn = tf.function(lambda x: tf.matmul(x, x))
+        runners[dtype] = lambda fn=fn, a=a: fn(a).numpy()
+    med = interleaved_medians(runners, rounds)
+    return {k: 2 * n**3 / v / 1e9 for k, v in med.items()}
+
+
+# --- sections --------------------------------------------------------------------------------
+
+
+def bench_inference(models, batches, rounds, peak):
+    import numpy as np
+    import torch
+
+    rows = []
+    for name in models:
+        km = keras_model(name)
+        kb = keras_model(name, policy="mixed_bfloat16")
+        kb.set_weights(km.get_weights())
+        tm = torch_model(name).eval()
+        gflop = matmul_flops(km) / 1e9
+        size = km.input_shape[1]
+        for batch in batches:
+            x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
+            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+            def run_timm():
+                with torch.inference_mode():
+                    tm(xt)
+
+            med = interleaved_medians(
+                {"keras": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x), "timm": run_timm},
+                rounds,
+            )
+            ips = {k: batch / v for k, v in med.items()}
+            row = dict(model=name, batch=batch, gflop=gflop, keras=ips["keras"], bf16=ips["bf16"], timm=ips["timm"],
+                       ratio=ips["keras"] / ips["timm"], ratio_bf16=ips["bf16"] / ips["timm"],
+                       peak_pct=100 * ips["keras"] * gflop / peak["float32"])
+            rows.append(row)
+            print(f"  {name} batch {batch}: keras {row['keras']:.1f} img/s ({row['ratio']:.2f}x timm), "
+                  f"bf16 {row['bf16']:.1f} ({row['ratio_bf16']:.2f}x), timm {row['timm']:.1f}, "
+                  f"{row['peak_pct']:.0f}% of peak", flush=True)
+        del km, kb, tm
+    lines = [
+        "| model | batch | GFLOP/img | keras_vitnt fp32 img/s | timm fp32 img/s | ratio | "
+        "keras_vitnt bf16 img/s | bf16 / timm fp32 | fp32 % of matmul peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        label = "resnet50 (keras.applications / torchvision)" if r["model"] == "resnet50" else r["model"]
+        lines.append(f"| {label} | {r['batch']} | {r['gflop']:.1f} | {r['keras']:.1f} | {r['timm']:.1f} | "
+                     f"**{r['ratio']:.2f}** | {r['bf16']:.1f} | **{r['ratio_bf16']:.2f}** | {r['peak_pct']:.0f}% |")
+    return lines
+
+
+def _keras_train_step(name, batch, jit_compile):
+    import keras
+    import numpy as np
+
+    model = keras_model(name)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
+    size = model.input_shape[1]
+    x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 1000, batch)
+    return lambda: model.train_on_batch(x, y)
+
+
+def _torch_train_step(name, batch):
+    import numpy as np
+    import torch
+
+    model = torch_model(name).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    size = 224
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
+    y = torch.from_numpy(np.random.default_rng(1).integers(0, 1000, batch))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def bench_training(models, batch, rounds):
+    rows = []
+    for name in models:
+        runners = {"xla": _keras_train_step(name, batch, True), "plain": _keras_train_step(name, batch, False),
+                   "timm": _torch_train_step(name, batch)}
+        ips = {k: batch / v for k, v in interleaved_medians(runners, rounds).items()}
+        rows.append((name, ips))
+        print(f"  {name} train step batch {batch}: keras XLA {ips['xla']:.2f} img/s, keras {ips['plain']:.2f}, "
+              f"timm {ips['timm']:.2f}", flush=True)
+    lines = [
+        "| model | batch | keras_vitnt XLA (recipe default) img/s | keras_vitnt no XLA img/s | timm + torch AdamW img/s "
+        "| ratio XLA | ratio no XLA |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, ips in rows:
+        lines.append(f"| {name} | {batch} | {ips['xla']:.2f} | {ips['plain']:.2f} | {ips['timm']:.2f} | "
+                     f"**{ips['xla'] / ips['timm']:.2f}** | {ips['plain'] / ips['timm']:.2f} |")
+    return lines
+
+
+def _status_mb(field):
+    """VmRSS / VmHWM (peak) of this process in MB. (getrusage's ru_maxrss would carry the
+    parent's peak over the fork.)"""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_child(framework, name, mode, batch, threads):
+    """Runs in a fresh process: build, run twice, print {"base": MB, "peak": MB} as JSON."""
+    import numpy as np
+
+    if framework == "keras":
+        set_threads(threads)
+        if mode == "infer":
+            model = keras_model(name)
+            x = np.zeros((batch,) + tuple(model.input_shape[1:]), "float32")
+            step = lambda: model.predict_on_batch(x)  # noqa: E731
+        else:
+            step = _keras_train_step(name, batch, True)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        if mode == "infer":
+            model = torch_model(name).eval()
+            x = torch.zeros((batch, 3, 224, 224))
+
+            def step():
+                with torch.inference_mode():
+                    model(x)
+        else:
+            step = _torch_train_step(name, batch)
+    base = _status_mb("VmRSS")
+    step()
+    step()
+    peak = _status_mb("VmHWM")
+    print(json.dumps({"base": base, "peak": peak}))
+
+
+def bench_memory(models, batch, threads):
+    rows = []
+    for name in models:
+        for mode in ("infer", "train"):
+            res = {}
+            for fw in ("keras", "timm"):
+                code = ("import sys; from keras_vitnt.benchmark import memory_child; "
+                        f"memory_child({fw!r}, {name!r}, {mode!r}, {batch}, {threads})")
+                if fw == "timm":
+                    code = "import timm; " + code
+                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                if proc.returncode:
+                    raise RuntimeError(f"memory measurement of {fw} {name} {mode} failed:\n{proc.stderr[-2000:]}")
+                res[fw] = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append((name, mode, res))
+            print(f"  {name} {mode}: keras peak {res['keras']['peak']:.0f} MB, timm {res['timm']['peak']:.0f} MB",
+                  flush=True)
+    lines = [
+        "| model | work (batch) | keras_vitnt peak RSS MB | of which during the run | timm peak RSS MB "
+        "| of which during the run |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, mode, res in rows:
+        k, t = res["keras"], res["timm"]
+        work = "inference" if mode == "infer" else "training step (AdamW)"
+        lines.append(f"| {name} | {work} ({batch}) | {k['peak']:.0f} | {k['peak'] - k['base']:.0f} | "
+                     f"{t['peak']:.0f} | {t['peak'] - t['base']:.0f} |")
+    return lines
+
+
+def bench_litert(models, threads, rounds):
+    from ai_edge_litert.interpreter import Interpreter
+
+    import keras_vitnt
+    from keras_vitnt.data.samples import photo_crops
+
+    lines = [
+        "| model | runtime | ms / image | speed-up vs LiteRT fp32 | file MB | max rel. error vs Keras | correlation |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            model = keras_vitnt.create_model(name, weights=None, classifier_activation=None)
+            x = photo_crops(1, model.input_shape[1])
+            runners, info = {"keras": lambda: model.predict_on_batch(x)}, {}
+            for q in QUANTS:
+                path = os.path.join(tmp, f"{name}_{q}.tflite")
+                info[q or "fp32"] = keras_vitnt.export(model, path, quantization=q)
+                interp = Interpreter(model_path=path, num_threads=threads)
+                interp.allocate_tensors()
+                inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+                def run(interp=interp, inp=inp, out=out):
+                    interp.set_tensor(inp, x)
+                    interp.invoke()
+                    return interp.get_tensor(out)
+
+                runners[q or "fp32"] = run
+            med = {k: v * 1000 for k, v in interleaved_medians(runners, rounds).items()}
+            for k in runners:
+                r = info.get(k)
+                label = "Keras predict_on_batch" if k == "keras" else f"LiteRT {k}"
+                cells = ["", "", ""] if r is None else [
+                    f"{r['size_bytes'] / 1e6:.1f}", f"{r['max_relative_error']:.1e}", f"{r.get('correlation', 1.0):.4f}"]
+                lines.append(f"| {name} | {label} | {med[k]:.1f} | {med['fp32'] / med[k]:.2f} | " + " | ".join(cells)
+                             + " |")
+            print(f"  {name}: LiteRT fp32 {med['fp32']:.1f} ms, keras {med['keras']:.1f} ms", flush=True)
+    return lines
+
+
+def _compare(p32, p16):
+    import numpy as np
+
+    p32, p16 = np.asarray(p32, "float64"), np.asarray(p16, "float64")
+    agree = float(np.mean(p32.argmax(-1) == p16.argmax(-1)))
+    rel = float(np.abs(p32 - p16).max() / np.abs(p32).max())
+    return agree, rel
+
+
+def _demo_model(kind, workdir):
+    """The demo's trained digits model (saved_models/demo/<kind>/model.keras when `make demo`
+    ran), else a fresh 15-epoch training; -> (fp32 model, its TrainConfig)."""
+    import keras
+
+    from keras_vitnt.demo import demo_config
+    from keras_vitnt.train import train
+
+    saved = os.path.join("saved_models", "demo", kind, "model.keras")
+    cfg = demo_config(kind, workdir, 15)
+    if os.path.exists(saved):
+        return keras.models.load_model(saved), cfg, saved
+    return train(cfg, verbose=0).model, cfg, "trained for 15 epochs by this run"
+
+
+def bench_bf16(models, weights):
+    import keras
+
+    from keras_vitnt.data.digits import load_digits
+    from keras_vitnt.data.samples import photo_crops
+    from keras_vitnt.train import build_model
+
+    lines = [
+        "| model | weights | images | top-1 agreement bf16 vs fp32 | max error / max abs fp32 output |",
+        "|---|---|---:|---:|---:|",
+    ]
+    (_, _), (x_digits, _) = load_digits(size=16)
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("vit", "tnt"):
+            m32, cfg, source = _demo_model(kind, tmp)
+            keras.config.set_dtype_policy("mixed_bfloat16")
+            try:
+                m16 = build_model(cfg, m32.output_shape[-1], m32.input_shape[1])
+            finally:
+                keras.config.set_dtype_policy("float32")
+            m16.set_weights(m32.get_weights())
+            agree, rel = _compare(m32.predict(x_digits, verbose=0), m16.predict(x_digits, verbose=0))
+            lines.append(f"| demo {kind.upper()} (digits, {cfg.model}) | trained ({source}) | {len(x_digits)} | "
+                         f"**{100 * agree:.1f}%** | {rel:.1e} (probabilities) |")
+            print(f"  demo {kind}: bf16 top-1 agreement {100 * agree:.1f}%, rel. error {rel:.1e}", flush=True)
+    for name in models:
+        m32 = keras_model(name, weights=weights, include_preprocessing=True)
+        m16 = keras_model(name, policy="mixed_bfloat16", weights=weights, include_preprocessing=True)
+        m16.set_weights(m32.get_weights())
+        x = photo_crops(32, m32.input_shape[1])
+        agree, rel = _compare(m32.predict(x, verbose=0), m16.predict(x, verbose=0))
+        label = weights or "random"
+        lines.append(f"| {name} | {label} | {len(x)} | {100 * agree:.1f}%{'' if weights else ' (not meaningful)'} | "
+                     f"{rel:.1e} (logits) |")
+        print(f"  {name}: bf16 logit rel. error {rel:.1e}", flush=True)
+    return lines
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def machine_line(threads):
+    cpu = platform.processor() or "unknown CPU"
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = "AVX512_BF16" if "avx512_bf16" in info else ("AVX-512" if "avx512f" in info else "")
+    except (OSError, StopIteration):
+        pass
+    import keras
+    import tensorflow as tf
+
+    versions = f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    try:
+        import timm
+        import torch
+
+        versions += f", torch {torch.__version__}, timm {timm.__version__}"
+    except ImportError:
+        pass
+    return (f"{datetime.date.today()}, {cpu} ({flags}), {os.cpu_count()} cores visible, {threads} threads "
+            f"per framework; {versions}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="keras-vitnt benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--models", nargs="+", default=INFERENCE_MODELS, help="inference section ('resnet50' included)")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--train-models", nargs="+", default=TRAIN_MODELS)
+    p.add_argument("--litert-models", nargs="+", default=LITERT_MODELS)
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--litert-rounds", type=int, default=10)
+    p.add_argument("--weights", default=None, help="weights for the bf16 accuracy of the ImageNet-size models "
+                   "(e.g. imagenet when cached); default random")
+    p.add_argument("--out", default="benchmarks/results.md", help="markdown file the tables go to")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise SystemExit(f"keras-vitnt benchmark: {args.out} exists; pass --overwrite to replace it or --out FILE")
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        raise SystemExit("keras-vitnt benchmark compares with timm: pip install 'keras_vitnt[test]' "
+                         "(timm, torch==2.14.1, torchvision==0.29.1)")
+    if "tensorflow" in sys.modules and "triton" not in sys.modules and os.environ.get("_KERAS_VITNT_REEXEC") != "1":
+        # TensorFlow came first in this process, and triton (imported by torch) crashes after
+        # it: start again in a fresh interpreter that imports timm first.
+        env = {**os.environ, "_KERAS_VITNT_REEXEC": "1"}
+        return subprocess.run([sys.executable, "-c", _REEXEC, *argv], env=env).returncode
+
+    set_threads(args.threads)
+    sections = [s for s in SECTIONS if s in args.sections]
+    out = [f"# keras_vitnt benchmark", "", f"Machine: {machine_line(args.threads)}.", "",
+           f"Command: `keras-vitnt benchmark {' '.join(argv)}`", ""]
+    t0 = time.time()
+    peak = matmul_peak(args.threads)
+    out += [f"Measured matmul peak (2048^3 `tf.matmul`, median of 5): fp32 {peak['float32']:.0f} GFLOP/s, "
+            f"bf16 {peak['bfloat16']:.0f} GFLOP/s.", ""]
+    print(out[-2], flush=True)
+    if "inference" in sections:
+        print("inference", flush=True)
+        out += [f"## Inference (median of {args.rounds} interleaved rounds, random weights)", "",
+                "`model.predict_on_batch` in fp32 and under `keras.config.set_dtype_policy(\"mixed_bfloat16\")`; "
+                "timm fp32 under `torch.inference_mode()`.", ""]
+        out += bench_inference(args.models, args.batches, args.rounds, peak) + [""]
+    if "training" in sections:
+        print("training", flush=True)
+        out += [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, median of {args.rounds} "
+                "interleaved rounds)", ""]
+        out += bench_training(args.train_models, args.train_batch, args.rounds) + [""]
+    if "memory" in sections:
+        print("memory", flush=True)
+        out += [f"## Peak resident memory (fresh process each; \"during the run\" is the growth from the built "
+                "model to the peak of two calls)", ""]
+        out += bench_memory(args.train_models, 16, args.threads) + [""]
+    if "litert" in sections:
+        print("litert", flush=True)
+        out += [f"## LiteRT, batch 1 (XNNPACK, {args.threads} threads, median of {args.litert_rounds} rounds, "
+                "real-photo input, random weights)", ""]
+        out += bench_litert(args.litert_models, args.threads, args.litert_rounds) + [""]
+    if "bf16" in sections:
+        print("bf16", flush=True)
+        out += ["## mixed_bfloat16 accuracy against fp32", ""]
+        out += bench_bf16(args.train_models, args.weights) + [""]
+    out += [f"Total time {(time.time() - t0) / 60:.1f} min."]
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = f"{args.out}.partial"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
