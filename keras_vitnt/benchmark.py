@@ -30,6 +30,7 @@ when TensorFlow is already loaded.
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -481,9 +482,7 @@ def main(argv=None):
     args = parse_args(argv)
     if os.path.exists(args.out) and not args.overwrite:
         raise SystemExit(f"keras-vitnt benchmark: {args.out} exists; pass --overwrite to replace it or --out FILE")
-    try:
-        import timm  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("timm") is None:  # not imported here: see below
         raise SystemExit("keras-vitnt benchmark compares with timm: pip install 'keras_vitnt[test]' "
                          "(timm, torch==2.14.1, torchvision==0.29.1)")
     if "tensorflow" in sys.modules and "triton" not in sys.modules and os.environ.get("_KERAS_VITNT_REEXEC") != "1":

@@ -1,6 +1,4 @@
-"""The `keras-vitnt` command line: list, predict, export, train, visualize, demo.
-(Benchmarks are scripts in benchmarks/; a `benchmark` subcommand comes with the
-performance work.)"""
+"""The `keras-vitnt` command line: list, predict, export, train, visualize, demo, benchmark."""
 
 import argparse
 import logging
@@ -235,11 +233,26 @@ def build_parser():
     q.add_argument("--weights", default="none", help="none (from scratch) or imagenet (fine-tune TNT-S)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     q.set_defaults(func=cmd_demo)
+    q = sub.add_parser("benchmark", add_help=False,
+                       help="speed, memory and bf16 accuracy next to timm (keras-vitnt benchmark --help)")
+    q.add_argument("options", nargs=argparse.REMAINDER)
+    q.set_defaults(func=cmd_benchmark)
     return p
+
+
+def cmd_benchmark(args):
+    from keras_vitnt.benchmark import main as benchmark_main
+
+    return benchmark_main(args.options)
 
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["benchmark"]:  # its own parser takes every option, --help included
+        from keras_vitnt.benchmark import main as benchmark_main
+
+        return benchmark_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from keras_vitnt.exporter import ExportParityError

@@ -54,11 +54,39 @@ def test_attention_weights_equal_independent_softmax():
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
     np.testing.assert_allclose(np.asarray(weights), expected, rtol=1e-5, atol=1e-6)
-    # the fast path (dot_product_attention) gives the same output as the explicit one
+    # the path that does not keep the weights gives the same output
     np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(out), rtol=1e-5, atol=1e-6)
     proj_in = (expected @ heads(v)).transpose(0, 2, 1, 3).reshape(2, 5, 12)
     expected_out = proj_in @ np.asarray(layer.proj.kernel) + np.asarray(layer.proj.bias)
     np.testing.assert_allclose(np.asarray(out), expected_out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 12), (9, 12)])
+def test_layer_norm_matches_keras_layer_normalization(shape):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 3 + 1).astype("float32")
+    ours, ref = L.LayerNorm(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
+    for layer in (ours, ref):
+        layer.build(shape)
+    gamma, beta = rng.standard_normal(12).astype("float32"), rng.standard_normal(12).astype("float32")
+    for layer in (ours, ref):
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_other_axis_and_mixed_precision():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 5, 6)).astype("float32")
+    # a non-last axis takes the parent's path
+    np.testing.assert_allclose(np.asarray(L.LayerNorm(axis=1)(x)), np.asarray(keras.layers.LayerNormalization(axis=1)(x)),
+                               rtol=1e-5, atol=1e-6)
+    # under mixed_bfloat16 it returns bfloat16 computed in float32 (error of one bf16 rounding)
+    layer = L.LayerNorm(epsilon=1e-6, dtype="mixed_bfloat16")
+    y = layer(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(np.asarray(keras.ops.cast(y, "float32")), expected, rtol=1e-2, atol=1e-2)
 
 
 def test_unfold_patches_row_major():

@@ -1,0 +1,43 @@
+"""The benchmark module: its FLOP count, the CLI end to end on a tiny run, and that it
+refuses to overwrite its output. (Speed itself is measured by the benchmark, not tested.)"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_vitnt import benchmark
+
+
+def test_matmul_flops_equals_the_architecture_count():
+    import keras_vitnt
+
+    model = keras_vitnt.create_model("vit_tiny_patch16_224", weights=None, include_preprocessing=False)
+    n, t, d, mlp, classes = 196, 197, 192, 768, 1000
+    patch = 2 * n * (16 * 16 * 3) * d
+    block = 2 * t * d * (3 * d + d + 2 * mlp) + 2 * 2 * t * t * d  # linears; q k^T and weights v
+    assert benchmark.matmul_flops(model) == patch + 12 * block + 2 * d * classes
+
+
+def test_benchmark_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "results.md"
+    out.write_text("earlier run\n")
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
+        benchmark.main(["--out", str(out)])
+    assert out.read_text() == "earlier run\n"
+
+
+def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
+    # through the console entry point, which loads TensorFlow first: the benchmark must
+    # restart itself with timm imported first instead of crashing
+    out = tmp_path / "bench.md"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "keras-vitnt"), "benchmark", "--sections", "inference",
+           "--models", "vit_tiny_patch16_224", "--batches", "1", "--rounds", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "Measured matmul peak" in text and "| vit_tiny_patch16_224 | 1 | 2.5 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| vit_tiny"))
+    ratio = float(row.split("|")[6].strip().strip("*"))
+    assert ratio > 0
