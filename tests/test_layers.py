@@ -89,6 +89,27 @@ def test_layer_norm_other_axis_and_mixed_precision():
     np.testing.assert_allclose(np.asarray(keras.ops.cast(y, "float32")), expected, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: L.TransformerBlock(dim=8, num_heads=2, drop_path=0.9),
+    lambda: L.TNTBlock(inner_dim=4, embed_dim=8, num_words=4, num_heads_inner=2, num_heads_outer=2, drop_path=0.9),
+], ids=["vit", "tnt"])
+def test_blocks_drop_whole_samples_in_training(make):
+    # the blocks run on (B*T, D) rows; stochastic depth must still drop per sample
+    block = make()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 5, 8)).astype("float32")
+    if isinstance(block, L.TNTBlock):
+        # the inner stream: a "sample" is one patch's pixel tokens, as in timm (the outer
+        # tokens always receive the fused pixels, which stochastic depth does not touch)
+        x = rng.standard_normal((64, 4, 4)).astype("float32")
+        out = np.asarray(block([x, rng.standard_normal((16, 5, 8)).astype("float32")], training=True)[0])
+    else:
+        out = np.asarray(block(x, training=True))
+    same = np.all(np.isclose(out, x), axis=-1)  # (samples, tokens): token left as it was
+    assert np.all(same.all(1) | ~same.any(1)), "a sample was partly dropped"
+    assert 0 < same.all(1).sum() < 64
+
+
 def test_unfold_patches_row_major():
     x = np.arange(2 * 8 * 12 * 3, dtype="float32").reshape(2, 8, 12, 3)
     p = np.asarray(L.unfold_patches(keras.ops.convert_to_tensor(x), 4))

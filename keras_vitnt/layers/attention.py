@@ -7,7 +7,8 @@ ViT-S/16 at batch 16; see benchmarks/README.md):
   goes through Tensordot (reshape, MatMul, reshape), and the reshape between MatMul and
   BiasAdd stops TensorFlow's remapper from fusing them: the bias became a separate pass
   (3% of the time) and, in the MLP, GELU three more (Neg, Erfc, Mul). On 2-D inputs
-  MatMul + BiasAdd (+ GELU) is one oneDNN kernel.
+  MatMul + BiasAdd (+ GELU) is one oneDNN kernel. The blocks keep their residual stream
+  as rows too, so the residual adds after `proj` and `fc2` fuse into those kernels.
 - Attention is two batched matmuls on (heads, B, T, head_dim). `ops.dot_product_attention`
   lowers to einsums in the TF backend, which took 13% of ViT-S and 18% of TNT-S;
   BatchMatMul with the key transpose folded in is about a third faster. One transpose
@@ -23,7 +24,7 @@ from keras import ops
 from keras_vitnt.layers.base import TimmMapped, dense, register
 
 
-def _tokens_2d(x):
+def tokens_2d(x):
     """(B, T, D) -> (B*T, D) and the static (or dynamic) token count T."""
     t = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
     return ops.reshape(x, (-1, x.shape[-1])), t
@@ -75,13 +76,16 @@ class _AttentionBase(TimmMapped, keras.layers.Layer):
         """(B*T, D) rows -> q, k, v as (heads, B, T, head_dim)."""
         raise NotImplementedError
 
-    def call(self, x, training=None, return_attention_scores=False):
-        rows, t = _tokens_2d(x)
+    def call(self, x, training=None, return_attention_scores=False, tokens=None):
+        """x: (B, T, D) tokens, or (B*T, D) rows with `tokens=T` (how the blocks call it,
+        so that the residual add fuses into `proj`); the output has the shape of x."""
+        rows, t = (x, tokens) if tokens is not None else tokens_2d(x)
         q, k, v = self._qkv(rows, t)
         needs_weights = return_attention_scores or bool(training and self.attn_drop > 0)
         out, weights = _attend(q, k, v, self.scale, needs_weights, self.attn_dropout, training)
         out = self.proj_dropout(self.proj(_merge_heads(out, self.dim)), training=training)
-        out = ops.reshape(out, (-1, t, self.dim))
+        if tokens is None:
+            out = ops.reshape(out, (-1, t, self.dim))
         return (out, weights) if return_attention_scores else out
 
     def compute_output_shape(self, input_shape):

@@ -7,7 +7,7 @@ import threading
 import keras
 from keras import ops
 
-from keras_vitnt.layers.attention import Attention
+from keras_vitnt.layers.attention import Attention, tokens_2d
 from keras_vitnt.layers.base import TimmMapped, dense, layer_norm, register
 
 
@@ -56,11 +56,15 @@ class Mlp(TimmMapped, keras.layers.Layer):
 
     def call(self, x, training=None):
         # on (rows, channels): fc1 + bias + GELU is then one fused oneDNN kernel (see attention.py)
+        if len(x.shape) == 2:
+            return self._rows(x, training)
         shape = ops.shape(x)[:-1] if None in x.shape[:-1] else x.shape[:-1]
-        x = gelu(self.fc1(ops.reshape(x, (-1, x.shape[-1]))))
-        x = self.dropout(x, training=training)
-        x = self.dropout(self.fc2(x), training=training)
-        return ops.reshape(x, tuple(shape) + (self.out_dim,))
+        y = self._rows(ops.reshape(x, (-1, x.shape[-1])), training)
+        return ops.reshape(y, tuple(shape) + (self.out_dim,))
+
+    def _rows(self, x, training):
+        x = self.dropout(gelu(self.fc1(x)), training=training)
+        return self.dropout(self.fc2(x), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1] + (self.out_dim,)
@@ -95,6 +99,16 @@ class DropPath(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def add_residual(rows, y, tokens, drop_path, training):
+    """rows + drop_path(y) on (B*T, D) rows. Stochastic depth drops whole samples, so while
+    training with a rate it works on the (B, T, D) view; otherwise it is a plain add, which
+    TensorFlow fuses into the MatMul that made y."""
+    if training and drop_path.rate > 0:
+        dim = rows.shape[-1]
+        y = ops.reshape(drop_path(ops.reshape(y, (-1, tokens, dim)), training=training), (-1, dim))
+    return rows + y
 
 
 @register
@@ -139,11 +153,13 @@ class TransformerBlock(TimmMapped, keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, x, training=None, return_attention_scores=False):
-        y = self.attn(self.norm1(x), training=training, return_attention_scores=return_attention_scores)
+        rows, t = tokens_2d(x)  # the residual stream as (B*T, D) rows: see attention.py
+        y = self.attn(self.norm1(rows), training=training, return_attention_scores=return_attention_scores, tokens=t)
         if return_attention_scores:
             y, weights = y
-        x = x + self.drop_path_layer(y, training=training)
-        x = x + self.drop_path_layer(self.mlp(self.norm2(x), training=training), training=training)
+        rows = add_residual(rows, y, t, self.drop_path_layer, training)
+        rows = add_residual(rows, self.mlp(self.norm2(rows), training=training), t, self.drop_path_layer, training)
+        x = ops.reshape(rows, (-1, t, self.dim))
         return (x, weights) if return_attention_scores else x
 
     def compute_output_shape(self, input_shape):

@@ -11,9 +11,9 @@ import math
 import keras
 from keras import ops
 
-from keras_vitnt.layers.attention import TNTAttention
+from keras_vitnt.layers.attention import TNTAttention, tokens_2d
 from keras_vitnt.layers.base import TimmMapped, conv, dense, layer_norm, register
-from keras_vitnt.layers.blocks import DropPath, Mlp
+from keras_vitnt.layers.blocks import DropPath, Mlp, add_residual
 from keras_vitnt.layers.embedding import unfold_patches
 
 
@@ -199,11 +199,14 @@ class TNTBlock(TimmMapped, keras.layers.Layer):
         pixels, patches = inputs
         dp = self.drop_path_layer
         scores = return_attention_scores
-        y = self.attn_in(self.norm_in(pixels), training=training, return_attention_scores=scores)
+        # both residual streams as 2-D rows, as in TransformerBlock (see attention.py)
+        rows, words = tokens_2d(pixels)
+        y = self.attn_in(self.norm_in(rows), training=training, return_attention_scores=scores, tokens=words)
         if scores:
             y, inner_weights = y
-        pixels = pixels + dp(y, training=training)
-        pixels = pixels + dp(self.mlp_in(self.norm_mlp_in(pixels), training=training), training=training)
+        rows = add_residual(rows, y, words, dp, training)
+        rows = add_residual(rows, self.mlp_in(self.norm_mlp_in(rows), training=training), words, dp, training)
+        pixels = ops.reshape(rows, (-1, words, self.inner_dim))
 
         num_patches = patches.shape[1] - 1
         flat_dim = self.num_words * self.inner_dim
@@ -214,11 +217,13 @@ class TNTBlock(TimmMapped, keras.layers.Layer):
         # add to the patch tokens only; the class token (row 0) is left as it is
         patches = patches + ops.pad(fused, [[0, 0], [1, 0], [0, 0]])
 
-        y = self.attn_out(self.norm_out(patches), training=training, return_attention_scores=scores)
+        rows, tokens = tokens_2d(patches)
+        y = self.attn_out(self.norm_out(rows), training=training, return_attention_scores=scores, tokens=tokens)
         if scores:
             y, outer_weights = y
-        patches = patches + dp(y, training=training)
-        patches = patches + dp(self.mlp(self.norm_mlp(patches), training=training), training=training)
+        rows = add_residual(rows, y, tokens, dp, training)
+        rows = add_residual(rows, self.mlp(self.norm_mlp(rows), training=training), tokens, dp, training)
+        patches = ops.reshape(rows, (-1, tokens, self.embed_dim))
         if scores:
             return pixels, patches, inner_weights, outer_weights
         return pixels, patches
