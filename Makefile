@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: test test-all demo install venv clean
+.PHONY: test test-all demo benchmark install venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-all: $(VENV)/.stamp-test
 
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/keras-vitnt demo --overwrite
+
+# the README's performance tables (about 20 minutes on 2 cores); needs timm, hence the test extra
+benchmark: $(VENV)/.stamp-test
+	$(VENV)/bin/keras-vitnt benchmark --rounds 5 --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

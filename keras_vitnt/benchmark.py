@@ -59,19 +59,32 @@ _REEXEC = "import timm, sys; from keras_vitnt.benchmark import main; sys.exit(ma
 # --- timing ----------------------------------------------------------------------------
 
 
-def interleaved_medians(runners, rounds, warmup=2):
-    """{name: fn} -> {name: median seconds}. Every runner is warmed up, then they alternate
-    round by round, so drift on a shared machine hits all of them alike."""
+def interleaved_times(runners, rounds, warmup=2):
+    """{name: fn} -> {name: [seconds per round]}. Every runner is warmed up, then they take
+    turns round by round (in reversed order every other round), so drift on a shared
+    machine hits all of them alike."""
     for fn in runners.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in runners}
-    for _ in range(rounds):
-        for key, fn in runners.items():
+    order = list(runners)
+    for r in range(rounds):
+        for key in order if r % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
-            fn()
+            runners[key]()
             times[key].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(runners, rounds, warmup=2):
+    """{name: fn} -> {name: median seconds} (see interleaved_times)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(runners, rounds, warmup).items()}
+
+
+def speedup(times, key, reference):
+    """Median over rounds of reference time / key time: each round's pair ran back to back,
+    so this ratio is steadier than the ratio of the two medians."""
+    return statistics.median(r / k for r, k in zip(times[reference], times[key]))
 
 
 def set_threads(threads):
@@ -182,13 +195,13 @@ def bench_inference(models, batches, rounds, peak):
                 with torch.inference_mode():
                     tm(xt)
 
-            med = interleaved_medians(
+            times = interleaved_times(
                 {"keras": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x), "timm": run_timm},
                 rounds,
             )
-            ips = {k: batch / v for k, v in med.items()}
+            ips = {k: batch / statistics.median(v) for k, v in times.items()}
             row = dict(model=name, batch=batch, gflop=gflop, keras=ips["keras"], bf16=ips["bf16"], timm=ips["timm"],
-                       ratio=ips["keras"] / ips["timm"], ratio_bf16=ips["bf16"] / ips["timm"],
+                       ratio=speedup(times, "keras", "timm"), ratio_bf16=speedup(times, "bf16", "timm"),
                        peak_pct=100 * ips["keras"] * gflop / peak["float32"])
             rows.append(row)
             print(f"  {name} batch {batch}: keras {row['keras']:.1f} img/s ({row['ratio']:.2f}x timm), "
@@ -243,7 +256,9 @@ def bench_training(models, batch, rounds):
     for name in models:
         runners = {"xla": _keras_train_step(name, batch, True), "plain": _keras_train_step(name, batch, False),
                    "timm": _torch_train_step(name, batch)}
-        ips = {k: batch / v for k, v in interleaved_medians(runners, rounds).items()}
+        times = interleaved_times(runners, rounds)
+        ips = {k: batch / statistics.median(v) for k, v in times.items()}
+        ips["ratio_xla"], ips["ratio_plain"] = speedup(times, "xla", "timm"), speedup(times, "plain", "timm")
         rows.append((name, ips))
         print(f"  {name} train step batch {batch}: keras XLA {ips['xla']:.2f} img/s, keras {ips['plain']:.2f}, "
               f"timm {ips['timm']:.2f}", flush=True)
@@ -254,7 +269,7 @@ def bench_training(models, batch, rounds):
     ]
     for name, ips in rows:
         lines.append(f"| {name} | {batch} | {ips['xla']:.2f} | {ips['plain']:.2f} | {ips['timm']:.2f} | "
-                     f"**{ips['xla'] / ips['timm']:.2f}** | {ips['plain'] / ips['timm']:.2f} |")
+                     f"**{ips['ratio_xla']:.2f}** | {ips['ratio_plain']:.2f} |")
     return lines
 
 
@@ -502,14 +517,16 @@ def main(argv=None):
     print(out[-2], flush=True)
     if "inference" in sections:
         print("inference", flush=True)
-        out += [f"## Inference (median of {args.rounds} interleaved rounds, random weights)", "",
+        out += [f"## Inference ({args.rounds} interleaved rounds, random weights)", "",
+                "img/s from the median time; a ratio is the median over rounds of the two times taken back "
+                "to back.", "",
                 "`model.predict_on_batch` in fp32 and under `keras.config.set_dtype_policy(\"mixed_bfloat16\")`; "
                 "timm fp32 under `torch.inference_mode()`.", ""]
         out += bench_inference(args.models, args.batches, args.rounds, peak) + [""]
     if "training" in sections:
         print("training", flush=True)
-        out += [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, median of {args.rounds} "
-                "interleaved rounds)", ""]
+        out += [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, {args.rounds} interleaved "
+                "rounds, ratios as above)", ""]
         out += bench_training(args.train_models, args.train_batch, args.rounds) + [""]
     if "memory" in sections:
         print("memory", flush=True)

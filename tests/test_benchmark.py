@@ -41,3 +41,14 @@ def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| vit_tiny"))
     ratio = float(row.split("|")[6].strip().strip("*"))
     assert ratio > 0
+
+
+def test_interleaved_times_alternate_order_and_speedup_pairs_rounds():
+    calls = []
+    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = benchmark.interleaved_times(runners, rounds=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then a b / b a / a b
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    # per-round ratios: a drift that slows both in round 2 cancels out
+    times = {"keras": [1.0, 3.0, 1.0], "timm": [2.0, 6.0, 2.0]}
+    assert benchmark.speedup(times, "keras", "timm") == 2.0
