@@ -429,7 +429,7 @@ def bench_bf16(models, weights):
                 keras.config.set_dtype_policy("float32")
             m16.set_weights(m32.get_weights())
             agree, rel = _compare(m32.predict(x_digits, verbose=0), m16.predict(x_digits, verbose=0))
-            lines.append(f"| demo {kind.upper()} (digits, {cfg.model}) | trained ({source}) | {len(x_digits)} | "
+            lines.append(f"| demo {dict(vit='ViT', tnt='TNT')[kind]} (digits, {cfg.model}) | trained ({source}) | {len(x_digits)} | "
                          f"**{100 * agree:.1f}%** | {rel:.1e} (probabilities) |")
             print(f"  demo {kind}: bf16 top-1 agreement {100 * agree:.1f}%, rel. error {rel:.1e}", flush=True)
     for name in models:
