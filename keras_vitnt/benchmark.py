@@ -207,7 +207,6 @@ def bench_inference(models, batches, rounds, peak):
             print(f"  {name} batch {batch}: keras {row['keras']:.1f} img/s ({row['ratio']:.2f}x timm), "
                   f"bf16 {row['bf16']:.1f} ({row['ratio_bf16']:.2f}x), timm {row['timm']:.1f}, "
                   f"{row['peak_pct']:.0f}% of peak", flush=True)
-        del km, kb, tm
     lines = [
         "| model | batch | GFLOP/img | keras_vitnt fp32 img/s | timm fp32 img/s | ratio | "
         "keras_vitnt bf16 img/s | bf16 / timm fp32 | fp32 % of matmul peak |",
@@ -508,7 +507,7 @@ def main(argv=None):
 
     set_threads(args.threads)
     sections = [s for s in SECTIONS if s in args.sections]
-    out = [f"# keras_vitnt benchmark", "", f"Machine: {machine_line(args.threads)}.", "",
+    out = ["# keras_vitnt benchmark", "", f"Machine: {machine_line(args.threads)}.", "",
            f"Command: `keras-vitnt benchmark {' '.join(argv)}`", ""]
     t0 = time.time()
     peak = matmul_peak(args.threads)
@@ -530,7 +529,7 @@ def main(argv=None):
         out += bench_training(args.train_models, args.train_batch, args.rounds) + [""]
     if "memory" in sections:
         print("memory", flush=True)
-        out += [f"## Peak resident memory (fresh process each; \"during the run\" is the growth from the built "
+        out += ["## Peak resident memory (fresh process each; \"during the run\" is the growth from the built "
                 "model to the peak of two calls)", ""]
         out += bench_memory(args.train_models, 16, args.threads) + [""]
     if "litert" in sections:

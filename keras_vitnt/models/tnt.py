@@ -1,6 +1,5 @@
 """TNT, Transformer in Transformer (Han et al., 2021), as timm's `tnt.TNT`."""
 
-import keras
 import numpy as np
 
 from keras_vitnt.layers import PixelEmbed, PixelToPatch, PrefixTokens, TNTBlock

@@ -1,6 +1,5 @@
 """ViT (Dosovitskiy et al.) and DeiT (Touvron et al.), as timm's `VisionTransformer`."""
 
-import keras
 import numpy as np
 
 from keras_vitnt.layers import PatchEmbedding, PrefixTokens, TransformerBlock
