@@ -506,7 +506,6 @@ def main(argv=None):
         return subprocess.run([sys.executable, "-c", _REEXEC, *argv], env=env).returncode
 
     set_threads(args.threads)
-    sections = [s for s in SECTIONS if s in args.sections]
     out = ["# keras_vitnt benchmark", "", f"Machine: {machine_line(args.threads)}.", "",
            f"Command: `keras-vitnt benchmark {' '.join(argv)}`", ""]
     t0 = time.time()
@@ -514,33 +513,28 @@ def main(argv=None):
     out += [f"Measured matmul peak (2048^3 `tf.matmul`, median of 5): fp32 {peak['float32']:.0f} GFLOP/s, "
             f"bf16 {peak['bfloat16']:.0f} GFLOP/s.", ""]
     print(out[-2], flush=True)
-    if "inference" in sections:
-        print("inference", flush=True)
-        out += [f"## Inference ({args.rounds} interleaved rounds, random weights)", "",
-                "img/s from the median time; a ratio is the median over rounds of the two times taken back "
-                "to back.", "",
-                "`model.predict_on_batch` in fp32 and under `keras.config.set_dtype_policy(\"mixed_bfloat16\")`; "
-                "timm fp32 under `torch.inference_mode()`.", ""]
-        out += bench_inference(args.models, args.batches, args.rounds, peak) + [""]
-    if "training" in sections:
-        print("training", flush=True)
-        out += [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, {args.rounds} interleaved "
-                "rounds, ratios as above)", ""]
-        out += bench_training(args.train_models, args.train_batch, args.rounds) + [""]
-    if "memory" in sections:
-        print("memory", flush=True)
-        out += ["## Peak resident memory (fresh process each; \"during the run\" is the growth from the built "
-                "model to the peak of two calls)", ""]
-        out += bench_memory(args.train_models, 16, args.threads) + [""]
-    if "litert" in sections:
-        print("litert", flush=True)
-        out += [f"## LiteRT, batch 1 (XNNPACK, {args.threads} threads, median of {args.litert_rounds} rounds, "
-                "real-photo input, random weights)", ""]
-        out += bench_litert(args.litert_models, args.threads, args.litert_rounds) + [""]
-    if "bf16" in sections:
-        print("bf16", flush=True)
-        out += ["## mixed_bfloat16 accuracy against fp32", ""]
-        out += bench_bf16(args.train_models, args.weights) + [""]
+    plan = [  # (section, heading lines, run) in the order they are reported
+        ("inference", [f"## Inference ({args.rounds} interleaved rounds, random weights)", "",
+                       "img/s from the median time; a ratio is the median over rounds of the two times taken "
+                       "back to back.", "",
+                       "`model.predict_on_batch` in fp32 and under "
+                       "`keras.config.set_dtype_policy(\"mixed_bfloat16\")`; timm fp32 under `torch.inference_mode()`."],
+         lambda: bench_inference(args.models, args.batches, args.rounds, peak)),
+        ("training", [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, {args.rounds} "
+                      "interleaved rounds, ratios as above)"],
+         lambda: bench_training(args.train_models, args.train_batch, args.rounds)),
+        ("memory", ["## Peak resident memory (fresh process each; \"during the run\" is the growth from the "
+                    "built model to the peak of two calls)"],
+         lambda: bench_memory(args.train_models, 16, args.threads)),
+        ("litert", [f"## LiteRT, batch 1 (XNNPACK, {args.threads} threads, median of {args.litert_rounds} "
+                    "rounds, real-photo input, random weights)"],
+         lambda: bench_litert(args.litert_models, args.threads, args.litert_rounds)),
+        ("bf16", ["## mixed_bfloat16 accuracy against fp32"], lambda: bench_bf16(args.train_models, args.weights)),
+    ]
+    for section, heading, run in plan:
+        if section in args.sections:
+            print(section, flush=True)
+            out += heading + [""] + run() + [""]
     out += [f"Total time {(time.time() - t0) / 60:.1f} min."]
     text = "\n".join(out) + "\n"
     print("\n" + text)
