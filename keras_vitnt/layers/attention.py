@@ -1,7 +1,7 @@
 """Multi-head self-attention: ViT's fused `qkv` projection and TNT's separate `qk` / `v`.
 
 Where the time goes on CPU (TensorFlow 2.21 + oneDNN, measured with the TF profiler on
-ViT-S/16 at batch 16; see benchmarks/README.md):
+ViT-S/16 at batch 16; the README's Performance section has the numbers):
 
 - Dense layers run on 2-D (tokens, channels) tensors. Keras's Dense on a rank-3 input
   goes through Tensordot (reshape, MatMul, reshape), and the reshape between MatMul and
