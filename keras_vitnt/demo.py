@@ -30,8 +30,13 @@ def demo_config(kind, out, epochs, **changes):
                           **changes})
 
 
-def run(out="saved_models/demo", epochs=30, overwrite=False, weights="none", verbose=1):
-    """Run the demo; returns {kind: results}, also written to `out/summary.json`."""
+# epochs per model: the ViT reaches 0.950 after 30 and 0.961 after 40, the TNT 0.967 after 30
+DEMO_EPOCHS = {"vit": 40, "tnt": 30}
+
+
+def run(out="saved_models/demo", epochs=None, overwrite=False, weights="none", verbose=1):
+    """Run the demo; returns {kind: results}, also written to `out/summary.json`.
+    `epochs` (default: DEMO_EPOCHS per model) applies to both models when given."""
     import keras_vitnt
 
     if os.path.exists(out):
@@ -44,9 +49,9 @@ def run(out="saved_models/demo", epochs=30, overwrite=False, weights="none", ver
     for kind in kinds:
         if weights != "none":
             cfg = TrainConfig(model="tnt_s_patch16_224", weights=weights, data="digits", out=os.path.join(out, kind),
-                              epochs=max(1, epochs // 10), batch_size=32, lr=1e-4, flip=False)
+                              epochs=max(1, (epochs or 30) // 10), batch_size=32, lr=1e-4, flip=False)
         else:
-            cfg = demo_config(kind, out, epochs)
+            cfg = demo_config(kind, out, epochs or DEMO_EPOCHS[kind])
         print(f"\n== training {cfg.model} on the digits ({kind.upper()}) ==", flush=True)
         t0 = time.time()
         res = train(cfg, verbose=verbose)

@@ -14,7 +14,7 @@ from keras_vitnt import demo
 from keras_vitnt.train import TrainConfig, layer_id, read_log, train
 
 # measured with these seeds and epochs (15 / 20): ViT 0.944, TNT see the test output;
-# the full demo (30 epochs each) reaches 0.956 for both
+# the full demo (ViT 40 epochs, TNT 30) reaches 0.961 and 0.967
 FLOOR = 0.90
 
 
