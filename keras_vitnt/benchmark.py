@@ -29,6 +29,7 @@ when TensorFlow is already loaded.
 """
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -106,6 +107,20 @@ def set_threads(threads):
 # --- models and FLOPs ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Build under Keras's global dtype policy `policy` (None: leave it), then restore it."""
+    import keras
+
+    previous = keras.config.dtype_policy().name
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def keras_model(name, policy=None, weights=None, include_preprocessing=False):
     """A keras_vitnt model (or keras.applications.ResNet50 for "resnet50") with logits
     output, built under `policy` ("mixed_bfloat16") if given."""
@@ -113,16 +128,11 @@ def keras_model(name, policy=None, weights=None, include_preprocessing=False):
 
     import keras_vitnt
 
-    previous = keras.config.dtype_policy().name
-    if policy:
-        keras.config.set_dtype_policy(policy)
-    try:
+    with dtype_policy(policy):
         if name == "resnet50":
             return keras.applications.ResNet50(weights=None, classifier_activation=None)
         return keras_vitnt.create_model(name, weights=weights, include_preprocessing=include_preprocessing,
                                         classifier_activation=None)
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def torch_model(name):
@@ -407,8 +417,6 @@ def _demo_model(kind, workdir):
 
 
 def bench_bf16(models, weights):
-    import keras
-
     from keras_vitnt.data.digits import load_digits
     from keras_vitnt.data.samples import photo_crops
     from keras_vitnt.train import build_model
@@ -421,11 +429,8 @@ def bench_bf16(models, weights):
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("vit", "tnt"):
             m32, cfg, source = _demo_model(kind, tmp)
-            keras.config.set_dtype_policy("mixed_bfloat16")
-            try:
+            with dtype_policy("mixed_bfloat16"):
                 m16 = build_model(cfg, m32.output_shape[-1], m32.input_shape[1])
-            finally:
-                keras.config.set_dtype_policy("float32")
             m16.set_weights(m32.get_weights())
             agree, rel = _compare(m32.predict(x_digits, verbose=0), m16.predict(x_digits, verbose=0))
             lines.append(f"| demo {dict(vit='ViT', tnt='TNT')[kind]} (digits, {cfg.model}) | trained ({source}) | {len(x_digits)} | "

@@ -367,15 +367,12 @@ def read_log(path):
 
 def plot_curves(history, path, title=""):
     """Loss and accuracy per epoch (train and validation) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_vitnt.visualize import pyplot, save_figure
 
     if not history:
         return None
     epochs = [int(e) + 1 for e in history.get("epoch", range(len(history.get("loss", []))))]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.4))
     for ax, key in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + key in history:
@@ -385,7 +382,4 @@ def plot_curves(history, path, title=""):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

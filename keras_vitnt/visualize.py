@@ -196,6 +196,24 @@ def extract_features(model, images, batch_size=64):
     return np.asarray(feats.predict(np.asarray(images, "float32"), batch_size=batch_size, verbose=0))
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, rect=None):
+    """Lay out, write as a PNG (110 dpi) and close `fig`; returns the path."""
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def tsne_embedding(features, seed=0):
     from sklearn.manifold import TSNE
 
@@ -208,11 +226,7 @@ def tsne_plot(features, labels, path, title=None, class_names=None):
     """t-SNE of features coloured by label, saved as a PNG. `features` may be a dict
     {panel title: features} to draw several models side by side (the TNT paper's DeiT vs
     TNT figure). Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = features if isinstance(features, dict) else {title or "t-SNE": features}
     labels = np.asarray(labels)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
@@ -225,19 +239,12 @@ def tsne_plot(features, labels, path, title=None, class_names=None):
     handles, _ = sc.legend_elements()
     names = class_names or [str(c) for c in np.unique(labels)]
     fig.legend(handles, names, loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.93, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, rect=(0, 0, 0.93, 1))
 
 
 def overlay(image, heat, path, title=None, alpha=0.5):
     """Save an image with a heat map (H, W in [0, 1]) over it, side by side with the image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     image = np.asarray(image, "float32")
     image = image / 255.0 if image.max() > 1.5 else image
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
@@ -248,19 +255,12 @@ def overlay(image, heat, path, title=None, alpha=0.5):
     axes[1].set_title(title or "attention")
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def attention_grid(model, image, path, block=-1):
     """All heads of one block: the class token's attention to the patches, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     prefix, (gh, gw), _ = _structure(model)
     maps = attention_maps(model, image)
     att = (maps["outer"] if isinstance(maps, dict) else maps)[0, block]  # (heads, T, T)
@@ -273,7 +273,4 @@ def attention_grid(model, image, path, block=-1):
         if i < heads:
             ax.imshow(att[i, 0, prefix:].reshape(gh, gw), cmap="viridis")
             ax.set_title(f"head {i}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
