@@ -1,13 +1,14 @@
 """keras_vitnt: Vision Transformers (ViT, DeiT) and Transformer-in-Transformer (TNT) for
 Keras 3, numerically identical to timm, in the style of keras.applications.
 
-The layers are imported (and so registered for `keras.models.load_model`) with the
-package; the constructors and weight tools on first use.
+The layers and the recipe's optimizers are imported (and so registered for
+`keras.models.load_model`) with the package; the constructors and weight tools on first use.
 """
 
 import importlib
 
 from keras_vitnt import layers  # noqa: F401  registers every layer for .keras loading
+from keras_vitnt import optimizers  # noqa: F401  registers the recipe's optimizers for .keras loading
 from keras_vitnt.exporter import ExportParityError, export  # noqa: F401
 
 __version__ = "0.1.0"
@@ -26,7 +27,7 @@ _PUBLIC = {
 }
 _SUBMODULES = ("data", "models", "weights")
 
-__all__ = sorted(_PUBLIC) + ["ExportParityError", "data", "export", "layers", "models", "weights"]
+__all__ = sorted(_PUBLIC) + ["ExportParityError", "data", "export", "layers", "models", "optimizers", "weights"]
 
 
 def __getattr__(name):

@@ -29,7 +29,6 @@ when TensorFlow is already loaded.
 """
 
 import argparse
-import contextlib
 import datetime
 import importlib.util
 import json
@@ -40,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from keras_vitnt.precision import dtype_policy
 
 INFERENCE_MODELS = [
     "vit_tiny_patch16_224",
@@ -105,20 +106,6 @@ def set_threads(threads):
 
 
 # --- models and FLOPs ---------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def dtype_policy(policy):
-    """Build under Keras's global dtype policy `policy` (None: leave it), then restore it."""
-    import keras
-
-    previous = keras.config.dtype_policy().name
-    if policy:
-        keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def keras_model(name, policy=None, weights=None, include_preprocessing=False):

@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 
 def cmd_list(args):
@@ -38,6 +39,7 @@ def cmd_predict(args):
 
     import keras_vitnt
     from keras_vitnt.data import decode_predictions, load_images
+    from keras_vitnt.data.imagenet import has_class_names
     from keras_vitnt.models import registry
 
     info = registry.get_model_info(args.model)
@@ -49,12 +51,20 @@ def cmd_predict(args):
         tag = info.get_tag(weights)
     else:  # a file, or "none": crop as the default weights were evaluated
         tag = None
+    if weights == "none":
+        raise ValueError("predict shows what trained weights see; --weights none would print classes from a random "
+                         "head. Pass imagenet, a tag or a checkpoint file.")
+    if tag is not None and tag.num_classes == 0:
+        with_head = [t.tag for t in info.tags if t.num_classes]
+        raise ValueError(f"{tag.hub_id} is a feature checkpoint without a classifier head, so there is nothing to "
+                         f"predict. Tags of {info.name} with a head: {', '.join(with_head) or 'none'}.")
     ref = tag or info.default_tag
     size, crop_pct = info.arch["img_size"], (ref.crop_pct if ref else 0.9)
-    model = keras_vitnt.create_model(info.name, weights=None if weights == "none" else weights)
+    # classes=None: the head is the weights' own (the builder refuses a headless file)
+    model = keras_vitnt.create_model(info.name, weights=weights)
     images = load_images(args.images, size=size, crop_pct=crop_pct)
     probs = np.asarray(model.predict(images, verbose=0, batch_size=8))
-    if probs.shape[1] == 1000:
+    if has_class_names(probs.shape[1]):
         decoded = decode_predictions(probs, top=args.top)
     else:
         order = np.argsort(-probs, axis=1)[:, : args.top]
@@ -164,7 +174,10 @@ def cmd_train(args):
         cutmix=args.cutmix, mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
         overrides=overrides,
     )
-    result = train(cfg, verbose=2 if args.verbose else 1)
+    result = train(cfg, verbose=2 if args.verbose else 1, overwrite=args.overwrite)
+    if result.status == "finished":
+        print(f"\n{cfg.out} is a finished run: nothing was trained (pass a larger --epochs to continue it, "
+              "--overwrite to train it again, or another --out)")
     print(f"\nvalidation accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs")
     print(f"model: {os.path.join(cfg.out, 'model.keras')} (best: best.keras), curves: "
           f"{os.path.join(cfg.out, 'curves.png')}, log: {os.path.join(cfg.out, 'log.csv')}")
@@ -174,19 +187,27 @@ def cmd_train(args):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="keras-vitnt", description="ViT, DeiT and TNT for Keras 3, identical to timm.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level and show tracebacks of errors")
+    # -v also after the subcommand; SUPPRESS keeps a -v given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at INFO level and show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("list", help="registered models with their default tag, parameters and top-1")
+
+    def add(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    q = add("list", help="registered models with their default tag, parameters and top-1")
     q.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit_*' or '*distilled*'")
     q.add_argument("--tags", action="store_true", help="one row per pretrained tag")
     q.set_defaults(func=cmd_list)
-    q = sub.add_parser("predict", help="classify image files with a pretrained model")
+    q = add("predict", help="classify image files with a pretrained model")
     q.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     q.add_argument("--model", default="tnt_s_patch16_224", help="timm model name, optionally with .tag")
     q.add_argument("--weights", default=None, help="imagenet (default tag), a tag name, a checkpoint file, or none")
     q.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
     q.set_defaults(func=cmd_predict)
-    q = sub.add_parser("export", help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
+    q = add("export", help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
     q.add_argument("model", help="timm model name (optionally .tag) or a saved .keras model")
     q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
     q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx"])
@@ -195,11 +216,14 @@ def build_parser():
     q.add_argument("--out", default=None, help="destination (default: saved_models/<model>...)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     q.set_defaults(func=cmd_export)
-    q = sub.add_parser("train", help="fine-tune or train with the library's recipe (model.fit)")
+    q = add("train", help="fine-tune or train with the library's recipe (model.fit)")
     q.add_argument("--model", default="tnt_s_patch16_224", help="timm name, or vit:<variant> / tnt:<variant>")
     q.add_argument("--weights", default="imagenet", help="imagenet, a tag, a checkpoint file, or none")
     q.add_argument("--data", default="digits", help="digits, tfds:NAME, or an image folder root/class/*.jpg")
-    q.add_argument("--out", default="saved_models/run", help="run folder (re-running resumes it)")
+    q.add_argument("--out", default="saved_models/run",
+                   help="run folder: re-running resumes an interrupted run, shows a finished one, or continues it "
+                        "when --epochs grew")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (only its own files)")
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--lr", type=float, default=1e-4, help="peak learning rate after warmup")
@@ -219,7 +243,7 @@ def build_parser():
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--overrides", default=None, help='architecture overrides as JSON, e.g. \'{"depth": 4}\'')
     q.set_defaults(func=cmd_train)
-    q = sub.add_parser("visualize", help="attention rollout, attention heads, TNT inner maps or features as a PNG")
+    q = add("visualize", help="attention rollout, attention heads, TNT inner maps or features as a PNG")
     q.add_argument("image")
     q.add_argument("--model", default="tnt_s_patch16_224", help="timm name (optionally .tag) or a .keras model")
     q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
@@ -227,13 +251,13 @@ def build_parser():
     q.add_argument("--block", type=int, default=-1, help="block for attention / tnt-inner / features")
     q.add_argument("--out", default="attention.png")
     q.set_defaults(func=cmd_visualize)
-    q = sub.add_parser("demo", help="offline demo: train a ViT and a TNT on digits, export to LiteRT")
+    q = add("demo", help="offline demo: train a ViT and a TNT on digits, export to LiteRT")
     q.add_argument("--out", default="saved_models/demo")
     q.add_argument("--epochs", type=int, default=None, help="for both models (default: 40 ViT, 30 TNT)")
     q.add_argument("--weights", default="none", help="none (from scratch) or imagenet (fine-tune TNT-S)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     q.set_defaults(func=cmd_demo)
-    q = sub.add_parser("benchmark", add_help=False,
+    q = sub.add_parser("benchmark", add_help=False,  # its own parser takes every option
                        help="speed, memory and bf16 accuracy next to timm (keras-vitnt benchmark --help)")
     q.add_argument("options", nargs=argparse.REMAINDER)
     q.set_defaults(func=cmd_benchmark)
@@ -261,9 +285,13 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ValueError, FileExistsError, FileNotFoundError, WeightsUnavailableError, CheckpointMismatchError,
-            ExportParityError) as e:
-        # user errors: the message says what to do; no traceback
+            ExportParityError, ImportError, OSError) as e:
+        # user errors: the message says what to do; the traceback (with its causes) only with -v
+        if args.verbose:
+            traceback.print_exc()
         print(f"keras-vitnt {args.command}: error: {e}", file=sys.stderr)
+        if not args.verbose:
+            print("(run with -v for the full traceback)", file=sys.stderr)
         return 1
 
 

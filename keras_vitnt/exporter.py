@@ -9,7 +9,9 @@ Every export:
      left behind), and otherwise moves the artifact into place atomically,
   4. writes a sidecar JSON (`<path>.json`; inside the directory for a SavedModel) with the
      input size, value range, mean/std, output kind, label names and the parity report.
-An existing destination is never replaced unless `overwrite=True`.
+An existing destination is never replaced unless `overwrite=True`, and then only if it is an
+earlier export of this package (its sidecar says so). A mixed-precision model is exported as
+its float32 copy (same weights): LiteRT's builtin ops and ONNX have no bfloat16 kernels.
 """
 
 import json
@@ -25,6 +27,7 @@ log = logging.getLogger("keras_vitnt")
 FORMATS = ("litert", "saved_model", "onnx")
 QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
 FP32_TOLERANCE = 1e-4
+SIDECAR = "keras_vitnt.json"  # inside a SavedModel directory; `<file>.json` beside a file
 
 
 class ExportParityError(RuntimeError):
@@ -239,7 +242,8 @@ def export(
             crops of the bundled real photos).
         representative_data: images (array (N, H, W, 3), or an iterable of arrays /
             (images, labels) batches) for int8 calibration, as the model takes them.
-        overwrite: replace an existing destination; otherwise a FileExistsError.
+        overwrite: replace an earlier keras_vitnt export at `path`; otherwise, or when
+            `path` holds anything else, a FileExistsError (and `path` is left untouched).
         sample_data: images for the parity check (default: 8 real-photo crops).
         class_names: label names for the sidecar JSON (default: ImageNet-1k names for a
             1000-class output, none otherwise).
@@ -264,11 +268,14 @@ def export(
     suffix = {"litert": ".tflite", "onnx": ".onnx"}.get(format)
     if suffix and not path.endswith(suffix):
         raise ValueError(f"a {format} export is a {suffix} file; got {path!r}")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it (it is left untouched)")
+    _check_destination(path, format, overwrite)
     if batch_size is None and format == "litert":
         batch_size = 1
 
+    from keras_vitnt.precision import float32_copy, model_policies
+
+    policies = model_policies(model)
+    model = float32_copy(model)  # LiteRT builtins and ONNX have no bfloat16 kernels
     io = model_io(model)
     samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model)
     if quantization == "int8" and representative_data is None:
@@ -305,8 +312,11 @@ def export(
                 report,
             )
 
-        meta = {**io, "model": model.name, "class_names": _class_names(class_names, io), "report": report}
-        meta_tmp = os.path.join(tmp, "keras_vitnt.json") if format == "saved_model" else tmp + ".json"
+        meta = {**io, "model": model.name, "source_dtype_policies": policies,
+                "class_names": _class_names(class_names, io), "report": report}
+        if format != "saved_model":  # ties the sidecar to the file it describes
+            meta["sha256"] = _sha256(tmp)
+        meta_tmp = os.path.join(tmp, SIDECAR) if format == "saved_model" else tmp + ".json"
         with open(meta_tmp, "w") as f:
             json.dump(meta, f, indent=1)
         _move_into_place(tmp, path, meta_tmp if format != "saved_model" else None)
@@ -332,17 +342,58 @@ def _class_names(class_names, io):
     return None
 
 
+def _is_our_export(path, format):
+    """Whether `path` holds an export this package wrote (its sidecar JSON with a report)."""
+    meta = os.path.join(path, SIDECAR) if format == "saved_model" else path + ".json"
+    try:
+        with open(meta) as f:
+            return "report" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
+def _check_destination(path, format, overwrite):
+    """Nothing the user made is replaced: an existing destination needs `overwrite=True` and
+    must be an earlier keras_vitnt export of the same format."""
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it "
+                              "(it is left untouched)")
+    if os.path.isdir(path) != (format == "saved_model") or os.path.islink(path) or not _is_our_export(path, format):
+        sidecar = os.path.join(path, SIDECAR) if format == "saved_model" else path + ".json"
+        raise FileExistsError(
+            f"{path} exists and is not a keras_vitnt {format} export (no {sidecar} written by keras_vitnt): "
+            "overwrite only replaces the package's own exports. It was left untouched; choose another path or "
+            "remove it yourself."
+        )
+
+
+def _sha256(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _move_into_place(tmp, path, meta_tmp):
-    """Atomic for files (os.replace); a directory replaces an old one via a rename aside."""
+    """Atomic for files (os.replace); a directory replaces an old one via a rename aside. The old
+    sidecar goes first, so a crash in between leaves a file without a sidecar, never a file
+    with another file's sidecar (the sidecar's sha256 names its file as well)."""
     if os.path.isdir(tmp):
         old = None
         if os.path.exists(path):
-            old = path + f".old-{os.getpid()}"
-            os.replace(path, old)
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+            os.replace(path, os.path.join(old, "export"))
         os.replace(tmp, path)
         if old:
             shutil.rmtree(old, ignore_errors=True)
     else:
+        if meta_tmp and os.path.exists(path + ".json"):
+            os.remove(path + ".json")
         os.replace(tmp, path)
     if meta_tmp:
         os.replace(meta_tmp, path + ".json")

@@ -17,7 +17,9 @@ import dataclasses
 import json
 import logging
 import os
-import re
+
+from keras_vitnt.io_utils import save_model, write_json, write_text
+from keras_vitnt.optimizers import LayerDecayAdamW, layer_id  # noqa: F401  (layer_id: public here too)
 
 log = logging.getLogger("keras_vitnt")
 
@@ -105,8 +107,10 @@ def random_resized_crop(image, size, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), se
         shape, bounding_boxes=tf.zeros((1, 0, 4)), min_object_covered=0.0, aspect_ratio_range=ratio,
         area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True,
     )
+    channels = image.shape[-1]
     image = tf.slice(image, begin, crop)
-    return tf.image.resize(image, (size, size), method="bicubic")
+    # the dynamic slice loses the static channel count, which RandAugment checks
+    return tf.ensure_shape(tf.image.resize(image, (size, size), method="bicubic"), (size, size, channels))
 
 
 def pipelines(train, val, num_classes, cfg, image_size):
@@ -129,12 +133,14 @@ def pipelines(train, val, num_classes, cfg, image_size):
     train = train.shuffle(4096, seed=cfg.seed, reshuffle_each_iteration=True).map(augment_one, num_parallel_calls=auto)
     train = train.batch(cfg.batch_size, drop_remainder=True).map(one_hot, num_parallel_calls=auto)
     batch_layers = []
+    # the input pipeline stays float32 under a mixed-precision policy (labels and pixels alike)
     if cfg.augment == "randaugment":
-        batch_layers.append(("images", keras.layers.RandAugment(value_range=(0, 255), seed=cfg.seed)))
+        batch_layers.append(("images", keras.layers.RandAugment(value_range=(0, 255), seed=cfg.seed,
+                                                                dtype="float32")))
     if cfg.mixup > 0:
-        batch_layers.append(("both", keras.layers.MixUp(alpha=cfg.mixup, seed=cfg.seed)))
+        batch_layers.append(("both", keras.layers.MixUp(alpha=cfg.mixup, seed=cfg.seed, dtype="float32")))
     if cfg.cutmix > 0:
-        batch_layers.append(("both", keras.layers.CutMix(factor=cfg.cutmix, seed=cfg.seed)))
+        batch_layers.append(("both", keras.layers.CutMix(factor=cfg.cutmix, seed=cfg.seed, dtype="float32")))
     if batch_layers:
 
         def batch_aug(x, y):
@@ -152,16 +158,6 @@ def pipelines(train, val, num_classes, cfg, image_size):
 
 
 # --- optimisation -------------------------------------------------------------------
-
-
-def layer_id(path, depth):
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head."""
-    m = re.match(r"blocks_(\d+)/", path)
-    if m:
-        return int(m.group(1)) + 1
-    if path.split("/")[0] in ("patch_embed", "cls_token", "pos_embed", "pixel_embed", "patch_pos", "preprocess"):
-        return 0
-    return depth + 1
 
 
 def make_optimizer(cfg, steps_per_epoch, depth):
@@ -182,38 +178,6 @@ def make_optimizer(cfg, steps_per_epoch, depth):
         opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     opt.exclude_from_weight_decay(var_names=NO_DECAY)
     return opt
-
-
-def _layer_decay_adamw():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="keras_vitnt")
-    class LayerDecayAdamW(keras.optimizers.AdamW):
-        """AdamW whose learning rate is scaled per variable by
-        `layer_decay ** (depth + 1 - layer_id)` (BEiT/timm layer-wise decay)."""
-
-        def __init__(self, layer_decay=0.75, depth=12, **kwargs):
-            super().__init__(**kwargs)
-            self.layer_decay = float(layer_decay)
-            self.depth = int(depth)
-
-        def build(self, var_list):
-            super().build(var_list)
-            self._lr_scales = [
-                self.layer_decay ** (self.depth + 1 - layer_id(v.path, self.depth)) for v in var_list
-            ]
-
-        def update_step(self, gradient, variable, learning_rate):
-            scale = self._lr_scales[self._get_variable_index(variable)]
-            return super().update_step(gradient, variable, learning_rate * scale)
-
-        def get_config(self):
-            return {**super().get_config(), "layer_decay": self.layer_decay, "depth": self.depth}
-
-    return LayerDecayAdamW
-
-
-LayerDecayAdamW = _layer_decay_adamw()
 
 
 def get_strategy(name):
@@ -260,6 +224,7 @@ class TrainResult:
     out: str
     epochs_run: int
     class_names: list
+    status: str = "trained"  # "trained", "resumed", "continued", or "finished" (nothing to do: loaded as is)
 
 
 def build_model(cfg, num_classes, image_size):
@@ -285,15 +250,158 @@ def default_image_size(cfg):
     return registry.get_model_info(cfg.model).arch["img_size"]
 
 
-def train(cfg, extra_callbacks=(), verbose=1):
-    """Run the recipe; returns a TrainResult. Re-running with the same `out` after a
-    crash resumes from the last completed epoch (BackupAndRestore)."""
+# --- the run folder ----------------------------------------------------------------
+
+RUN_MARKER = "run.json"  # written first: marks a folder as a keras_vitnt run (and holds its config)
+# everything a run writes; --overwrite removes exactly these and nothing else
+RUN_FILES = (RUN_MARKER, "summary.json", "model.keras", "best.keras", "log.csv", "curves.png", "backup",
+             "tensorboard")
+# settings that may differ between a run and its resumption or continuation
+EXECUTION_FIELDS = ("epochs", "out", "strategy", "jit_compile")
+
+
+def _json_config(cfg):
+    config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return {k: (v if isinstance(v, (str, int, float, bool, dict, type(None))) else repr(v)) for k, v in config.items()}
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); move the run folder away or pass --overwrite") from e
+
+
+def run_state(cfg, overwrite=False):
+    """What `train` does with `cfg.out`: "new", "resume" (interrupted), "continue" (finished, more
+    epochs asked) or "finished". Refuses (FileExistsError) a folder that is not a run, and a run
+    made with other settings unless `overwrite`; with `overwrite`, removes only the run's own files."""
+    import shutil
+
+    out = cfg.out
+    if not os.path.exists(out) or (os.path.isdir(out) and not os.listdir(out)):
+        return "new"
+    if not os.path.isdir(out):
+        raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
+    marker = os.path.join(out, RUN_MARKER)
+    legacy = os.path.join(out, "summary.json")  # runs written before run.json existed
+    if not os.path.isfile(marker) and not os.path.isfile(legacy):
+        raise FileExistsError(
+            f"--out {out} exists and is not a keras_vitnt run folder (it has no {RUN_MARKER}); nothing in it was "
+            "touched. Choose a new or empty folder for --out."
+        )
+    if overwrite:
+        removed = [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))]
+        for name in removed:
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        log.info("--overwrite: removed the earlier run's %s from %s", ", ".join(removed), out)
+        return "new"
+    stored = _read_json(marker if os.path.isfile(marker) else legacy)
+    stored = stored.get("config", {}) if "config" in stored else stored
+    current = _json_config(cfg)
+    differ = sorted(k for k in current if k not in EXECUTION_FIELDS and k in stored and stored[k] != current[k])
+    if differ:
+        changes = ", ".join(f"{k}: {stored[k]!r} -> {current[k]!r}" for k in differ)
+        raise FileExistsError(
+            f"--out {out} holds a run with other settings ({changes}). Pass --overwrite to replace that run, "
+            "or choose another --out."
+        )
+    summary = os.path.join(out, "summary.json")
+    if os.path.isfile(summary) and not os.path.isdir(os.path.join(out, "backup")):
+        return "finished" if _read_json(summary)["epochs_run"] >= cfg.epochs else "continue"
+    return "resume"
+
+
+def _resume_log(out):
+    """Drop log rows of epochs the backup does not hold (they are trained again): no epoch twice."""
+    import csv
+
+    path, meta = os.path.join(out, "log.csv"), os.path.join(out, "backup", "training_metadata.json")
+    if not os.path.isfile(path):
+        return
+    next_epoch = _read_json(meta)["epoch"] if os.path.isfile(meta) else 0
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    col = rows[0].index("epoch")
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[col])) < next_epoch]
+    if len(kept) != len(rows):
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(kept)
+        write_text(path, buf.getvalue())
+
+
+def _finished_result(cfg, status="finished"):
+    import keras
+
+    summary = _read_json(os.path.join(cfg.out, "summary.json"))
+    model = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
+    return TrainResult(model, read_log(os.path.join(cfg.out, "log.csv")), summary["val_accuracy"], cfg.out,
+                       summary["epochs_run"], list(summary["classes"]), status)
+
+
+def _restore_for_continuation(model, cfg):
+    """Weights and optimizer state (moments, step count) of the finished run into the freshly
+    compiled `model`, whose learning-rate schedule spans the new, larger number of epochs."""
+    import keras
+
+    old = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
+    model.set_weights(old.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    new_vars, old_vars = model.optimizer.variables, old.optimizer.variables
+    if [tuple(v.shape) for v in new_vars] != [tuple(v.shape) for v in old_vars]:
+        raise ValueError(f"{cfg.out}/model.keras: its optimizer state does not fit this run; pass --overwrite")
+    for new, value in zip(new_vars, old_vars):
+        new.assign(value)
+    return int(_read_json(os.path.join(cfg.out, "summary.json"))["epochs_run"])
+
+
+def best_checkpoint(path, best=None):
+    """A callback saving `path` atomically whenever val_accuracy improves (Keras's
+    ModelCheckpoint writes in place), starting from the best value already in the run's log."""
+    import keras
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = -float("inf") if best is None else best
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get("val_accuracy")
+            if value is not None and value > self.best:
+                self.best = float(value)
+                save_model(self.model, path)
+
+    return BestCheckpoint()
+
+
+def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
+    """Run the recipe; returns a TrainResult.
+
+    The run folder `cfg.out` is never lost by a re-run: a crashed run resumes from its last
+    completed epoch (BackupAndRestore); a finished run is loaded and returned as it is
+    (`status="finished"`), or continued to `cfg.epochs` when that grew; a run with other
+    settings, or a folder that is not a run, is refused. `overwrite=True` replaces an earlier
+    run (removing only the files a run writes)."""
     import keras
     import tensorflow as tf
 
+    state = run_state(cfg, overwrite)
+    if state == "finished":
+        log.info("%s: finished earlier; loaded as it is (pass more epochs to continue it)", cfg.out)
+        return _finished_result(cfg)
     keras.utils.set_random_seed(cfg.seed)
     image_size = default_image_size(cfg)
     os.makedirs(cfg.out, exist_ok=True)
+    if not os.path.isfile(os.path.join(cfg.out, RUN_MARKER)):
+        write_json(os.path.join(cfg.out, RUN_MARKER), _json_config(cfg))
+    elif state == "resume":
+        _resume_log(cfg.out)
     policy = mixed_precision_policy(cfg.mixed_precision)
     previous_policy = keras.config.dtype_policy()
     if policy:
@@ -306,8 +414,11 @@ def train(cfg, extra_callbacks=(), verbose=1):
         if steps <= 0:
             steps = max(1, int(sum(1 for _ in train_raw) // cfg.batch_size))
         strategy = get_strategy(cfg.strategy)
+        initial_epoch = 0
         with strategy.scope():
-            model = build_model(cfg, num_classes, image_size)
+            # a continuation takes its weights from model.keras: no download, no checkpoint conversion
+            model = build_model(dataclasses.replace(cfg, weights="none") if state == "continue" else cfg,
+                                num_classes, image_size)
             depth = sum(1 for layer in model.layers if layer.name.startswith("blocks_"))
             model.compile(
                 optimizer=make_optimizer(cfg, steps, depth),
@@ -317,10 +428,13 @@ def train(cfg, extra_callbacks=(), verbose=1):
                 jit_compile=cfg.jit_compile and strategy.num_replicas_in_sync == 1
                 and not isinstance(strategy, tf.distribute.TPUStrategy),
             )
+            if state == "continue":
+                initial_epoch = _restore_for_continuation(model, cfg)
+        earlier = read_log(os.path.join(cfg.out, "log.csv")).get("val_accuracy")
         callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(cfg.out, "backup")),
-            keras.callbacks.ModelCheckpoint(os.path.join(cfg.out, "best.keras"), monitor="val_accuracy",
-                                            save_best_only=True),
+            # the backup stays until summary.json is written, so a crash in between still resumes
+            keras.callbacks.BackupAndRestore(os.path.join(cfg.out, "backup"), delete_checkpoint=False),
+            best_checkpoint(os.path.join(cfg.out, "best.keras"), best=max(earlier) if earlier else None),
             keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
             *extra_callbacks,
         ]
@@ -328,24 +442,26 @@ def train(cfg, extra_callbacks=(), verbose=1):
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False))
         else:
             log.info("tensorboard is not installed: CSV log only (pip install tensorboard for TensorBoard logs)")
-        log.info("training %s on %s: %d classes, %d steps/epoch, %d epochs, %s", model.name, cfg.data,
-                 num_classes, steps, cfg.epochs, policy or "float32")
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose)
+        log.info("training %s on %s: %d classes, %d steps/epoch, epochs %d..%d, %s", model.name, cfg.data,
+                 num_classes, steps, initial_epoch, cfg.epochs, policy or "float32")
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=verbose)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     history = read_log(os.path.join(cfg.out, "log.csv"))
     val_accuracy = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
-    model.save(os.path.join(cfg.out, "model.keras"))
+    save_model(model, os.path.join(cfg.out, "model.keras"))
     plot_curves(history, os.path.join(cfg.out, "curves.png"), title=f"{model.name} on {cfg.data}")
-    config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    config = {k: (v if isinstance(v, (str, int, float, bool, dict, type(None))) else repr(v)) for k, v in config.items()}
-    summary = {"config": config, "image_size": image_size, "classes": class_names,
+    summary = {"config": _json_config(cfg), "image_size": image_size, "classes": class_names,
                "val_accuracy": val_accuracy, "epochs_run": len(history.get("epoch", [])),
                "params": int(model.count_params())}
-    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"], list(class_names))
+    write_json(os.path.join(cfg.out, "summary.json"), summary)
+    import shutil
+
+    shutil.rmtree(os.path.join(cfg.out, "backup"), ignore_errors=True)
+    status = {"new": "trained", "resume": "resumed", "continue": "continued"}[state]
+    return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"], list(class_names), status)
 
 
 def _has_tensorboard():
@@ -362,6 +478,8 @@ def read_log(path):
         return {}
     with open(path) as f:
         rows = list(csv.DictReader(f))
+    if rows and "epoch" in rows[0]:  # one row per epoch, the last one written (logs of older versions repeat)
+        rows = [r for _, r in sorted({int(float(r["epoch"])): r for r in rows}.items())]
     return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
 
 

@@ -208,9 +208,14 @@ def pyplot():
 
 def save_figure(fig, path, rect=None):
     """Lay out, write as a PNG (110 dpi) and close `fig`; returns the path."""
+    from keras_vitnt.io_utils import atomic_path
+
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        pyplot().close(fig)
     return path
 
 

@@ -1,0 +1,49 @@
+"""Atomic writes: every file the package saves appears whole or not at all.
+
+Each writer goes to a uniquely named temporary sibling of the destination (same folder,
+so the final `os.replace` is an atomic rename on one file system) and renames it into
+place; on any failure the temporary file is removed and the destination is untouched. The
+temporary names are random (unique across processes and threads), not the pid.
+"""
+
+import contextlib
+import json
+import os
+import uuid
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """Yields a temporary path beside `path`; renames it onto `path` when the block ends
+    without an exception, deletes it otherwise. `suffix` keeps writers that check the
+    extension (`model.save` wants `.keras`) happy."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    # a fresh random name, not a created file: the writer creates it with the usual permissions
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+    return path
+
+
+def write_json(path, obj):
+    return write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def save_model(model, path):
+    """`model.save(path)` for a `.keras` file, atomically."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    return path

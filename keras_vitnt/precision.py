@@ -1,0 +1,49 @@
+"""Keras dtype policies: a scoped global policy, and the float32 twin of a mixed-precision
+model (what the exporters convert: LiteRT's builtin ops and ONNX have no bfloat16 kernels)."""
+
+import contextlib
+import logging
+
+log = logging.getLogger("keras_vitnt")
+
+
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Build under Keras's global dtype policy `policy` (None: leave it), then restore it."""
+    import keras
+
+    previous = keras.config.dtype_policy().name
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def model_policies(model):
+    """The dtype policy names used by a model's layers (nested ones included)."""
+    return sorted({layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)})
+
+
+def float32_copy(model):
+    """`model` itself if it computes in float32 throughout; else a copy rebuilt with every layer
+    in float32 and the same weights (mixed-precision variables are float32 already, so the
+    copy holds exactly the trained values)."""
+    import keras
+
+    policies = model_policies(model)
+    if policies == ["float32"]:
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    with dtype_policy("float32"):
+        copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    log.info("%s computes in %s: exporting its float32 copy (same weights)", model.name, ", ".join(policies))
+    return copy
