@@ -8,11 +8,11 @@ pretrained TNT-S instead (slow on a CPU: 224x224 inputs).
 """
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 
+from keras_vitnt.io_utils import write_json, write_text
 from keras_vitnt.train import TrainConfig, train
 
 IMAGE_SIZE = 16
@@ -34,16 +34,44 @@ def demo_config(kind, out, epochs, **changes):
 DEMO_EPOCHS = {"vit": 40, "tnt": 30}
 
 
+MARKER = "keras_vitnt_demo.json"  # written first: marks a folder as a demo run
+# what a demo run writes (top level); --overwrite removes exactly these
+DEMO_ENTRIES = (MARKER, "summary.json", "report.md", "tsne.png", "tnt_inner.png", "vit", "tnt", "vit.tflite",
+                "vit.tflite.json", "tnt.tflite", "tnt.tflite.json")
+
+
+def prepare_out(out, overwrite):
+    """A new or empty `out`, or (with `overwrite`) an earlier demo run's folder cleared of the
+    demo's own files. Any other existing folder is refused and left untouched."""
+    import glob
+
+    if os.path.isdir(out) and os.listdir(out):
+        legacy = os.path.isfile(os.path.join(out, "report.md")) and os.path.isfile(os.path.join(out, "summary.json"))
+        if not os.path.isfile(os.path.join(out, MARKER)) and not legacy:
+            raise FileExistsError(
+                f"{out} exists and does not hold a keras_vitnt demo run (no {MARKER}); it was left untouched. "
+                "Choose another --out (or an empty folder)."
+            )
+        if not overwrite:
+            raise FileExistsError(f"{out} holds an earlier demo run; pass --overwrite to replace it")
+        entries = [os.path.join(out, name) for name in DEMO_ENTRIES] + glob.glob(os.path.join(out, "rollout_*.png"))
+        for path in entries:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--out {out} is a file; the demo needs a folder")
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, MARKER), {"demo": "keras_vitnt"})
+
+
 def run(out="saved_models/demo", epochs=None, overwrite=False, weights="none", verbose=1):
     """Run the demo; returns {kind: results}, also written to `out/summary.json`.
     `epochs` (default: DEMO_EPOCHS per model) applies to both models when given."""
     import keras_vitnt
 
-    if os.path.exists(out):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists (an earlier demo run); pass --overwrite to replace it")
-        shutil.rmtree(out)
-    os.makedirs(out)
+    prepare_out(out, overwrite)
     kinds = ["tnt"] if weights != "none" else ["vit", "tnt"]
     results, trained = {}, {}
     for kind in kinds:
@@ -73,8 +101,7 @@ def run(out="saved_models/demo", epochs=None, overwrite=False, weights="none", v
                          "curves": os.path.join(kind, "curves.png"), "config": dataclasses.asdict(cfg)}
     figs = figures(out, trained, results) if len(trained) == 2 else None
     write_report(out, results, figs)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"models": results, "figures": figs}, f, indent=1)
+    write_json(os.path.join(out, "summary.json"), {"models": results, "figures": figs})
     return results
 
 
@@ -121,5 +148,4 @@ def write_report(out, results, figs=None):
                   "## Attention rollout from the class token", ""]
         lines += [f"![rollout]({p})" for p in figs["rollout"]]
         lines += ["", "## TNT inner (pixel-level) attention, last block", "", f"![TNT inner]({figs['tnt_inner']})", ""]
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("\n".join(lines))
+    write_text(os.path.join(out, "report.md"), "\n".join(lines))

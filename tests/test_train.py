@@ -269,3 +269,44 @@ for name in ("model.keras", "best.keras"):
     exp = run_cli("export", str(out / "model.keras"), "--format", "litert", "--out", str(tmp_path / "m.tflite"))
     assert exp.returncode == 0, exp.stderr[-3000:]
     assert (tmp_path / "m.tflite").is_file() and "parity" in exp.stdout
+
+
+# --- the demo ---------------------------------------------------------------------------
+
+
+def test_demo_runs_end_to_end_and_overwrite_replaces_only_its_own_run(tmp_path):
+    """`make demo` with 1 epoch per model: every file of the report; a re-run needs --overwrite,
+    which keeps a user's file in the folder and never touches a folder that is not a demo run."""
+    import json
+
+    out = tmp_path / "demo"
+    results = demo.run(out=str(out), epochs=1, verbose=0)
+    assert set(results) == {"vit", "tnt"}
+    for name in ("report.md", "summary.json", "tsne.png", "tnt_inner.png", "vit.tflite", "tnt.tflite",
+                 "vit/model.keras", "tnt/model.keras", demo.MARKER):
+        assert (out / name).is_file(), name
+    for kind in ("vit", "tnt"):
+        assert results[kind]["litert"]["max_relative_error"] < 1e-4
+        assert results[kind]["epochs"] == 1
+    assert json.loads((out / "summary.json").read_text())["models"]["vit"]["epochs"] == 1
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        demo.run(out=str(out), epochs=1, verbose=0)
+    (out / "my_notes.txt").write_text("mine")
+    demo.prepare_out(str(out), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [demo.MARKER, "my_notes.txt"]
+
+    other = tmp_path / "holiday_photos"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match="does not hold a keras_vitnt demo run"):
+        demo.run(out=str(other), epochs=1, overwrite=True, verbose=0)
+    assert [p.name for p in other.iterdir()] == ["a.jpg"]
+
+
+def test_demo_cli_refuses_a_foreign_folder(tmp_path):
+    from test_cli import run_cli
+
+    (tmp_path / "keep.txt").write_text("mine")
+    res = run_cli("demo", "--overwrite", "--out", str(tmp_path), "--epochs", "1")
+    assert res.returncode == 1 and "left untouched" in res.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
