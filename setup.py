@@ -18,7 +18,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_vitnt", "keras_vitnt.*"]),
-    package_data={"keras_vitnt": ["data/*.json"]},
+    package_data={"keras_vitnt": ["data/*.json", "data/*.json.gz"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.8",

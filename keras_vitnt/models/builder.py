@@ -2,12 +2,16 @@
 preprocessing, the family's trunk, pooling and head, and weight loading, following the
 keras.applications conventions."""
 
+import logging
+
 import keras
 
 from keras_vitnt.layers import PositionEmbedding, Preprocess, TokenPool
 from keras_vitnt.layers.base import dense, layer_norm
 from keras_vitnt.layers.embedding import POS_EMBED_KINDS, grid_for
 from keras_vitnt.models import registry
+
+log = logging.getLogger("keras_vitnt")
 
 # timm's spelling of position-embedding kinds, accepted as aliases
 _POS_ALIASES = {"learn": "learned_1d", "": "none", None: "none"}
@@ -101,9 +105,11 @@ def build(
     drop_rate,
     drop_path_rate,
     name,
+    mean=None,
+    std=None,
 ):
     """Build a functional model. `trunk(x, arch, drop_path_rate)` maps the normalised image
-    to (tokens, num_prefix_tokens, normed); `info` is the registry entry the weights refer to
+    to (tokens, num_prefix, normed); `info` is the registry entry the weights refer to
     (None for architectures timm does not register)."""
     kind, wvalue = _resolve_weights(info, weights)
     if include_top and pooling is not None:
@@ -113,8 +119,15 @@ def build(
         )
     if pooling not in (None, "token", "avg"):
         raise ValueError(f"pooling={pooling!r}: choose None (token sequence), 'token' or 'avg'")
-    if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(f"classes must be a positive integer with include_top=True, got {classes!r}")
+    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
+        raise ValueError(f"classes must be a positive integer (or None: the weights' classes), got {classes!r}")
+    state_dict, interpolation = None, "bicubic"
+    if kind == "file" and not wvalue.endswith(".weights.h5"):
+        from keras_vitnt.weights.convert import read_weights_file
+
+        state_dict, interpolation = read_weights_file(wvalue, family=family)
+    if include_top:
+        classes = _head_classes(classes, kind, wvalue, state_dict, include_top)
 
     if input_tensor is None:
         h, w = arch["img_size"]
@@ -132,8 +145,9 @@ def build(
 
     tag = wvalue if kind == "tag" else None
     if include_preprocessing:
-        mean, std = (tag.mean, tag.std) if tag else (info.mean_std if info else registry.NORMS["INCEPTION"])
-        x = Preprocess(mean, std, name="preprocess")(x)
+        x = Preprocess(*normalisation(info, kind, wvalue, mean, std), name="preprocess")(x)
+    elif mean is not None or std is not None:
+        raise ValueError("mean/std apply to include_preprocessing=True (normalisation inside the model) only")
 
     tokens, num_prefix, normed = trunk(x, arch, drop_path_rate)
     eps = 1e-6 if family == "vit" else 1e-5
@@ -173,11 +187,66 @@ def build(
         from keras_vitnt.weights.hub import load_pretrained
 
         load_pretrained(model, tag, family)
-    elif kind == "file":
-        from keras_vitnt.weights.convert import load_weights_file
+    elif state_dict is not None:
+        from keras_vitnt.weights.convert import load_state_dict
 
-        load_weights_file(model, wvalue, family=family)
+        load_state_dict(model, state_dict, family=family, source=repr(wvalue), pos_interpolation=interpolation)
+    elif kind == "file":
+        model.load_weights(wvalue)
     return model
+
+
+def _checkpoint_classes(kind, wvalue, state_dict):
+    """Class count of the weights' head: 0 for a headless checkpoint, None when unknown (no
+    weights, or a Keras .weights.h5 file, which fits one model structure only)."""
+    if kind == "tag":
+        return wvalue.num_classes
+    if state_dict is not None:
+        head = state_dict.get("head.bias", state_dict.get("head.weight"))
+        return int(head.shape[0]) if head is not None else 0
+    return None
+
+
+def _head_classes(classes, kind, wvalue, state_dict, include_top):
+    """timm's rule: without `classes`, the head is the checkpoint's."""
+    ckpt = _checkpoint_classes(kind, wvalue, state_dict)
+    if classes is not None:
+        return classes  # a class count the weights lack gets a fresh head, logged by the loader
+    if ckpt is None:
+        return 1000
+    if ckpt == 0:
+        what = wvalue.hub_id if kind == "tag" else repr(wvalue)
+        raise ValueError(
+            f"The weights {what} have no classifier head (a feature checkpoint), so include_top=True would "
+            "predict from a random head. Pass include_top=False (with pooling='token' or 'avg') for features, or "
+            "classes=N for a fresh N-class head to fine-tune."
+        )
+    return ckpt
+
+
+def normalisation(info, kind, wvalue, mean=None, std=None):
+    """(mean, std) the model normalises with: the caller's `mean`/`std` if given, else the
+    tag's, else (a file or no weights) those of the registered model's default weights
+    (0.5/0.5 for an architecture timm does not register). A file gets a logged note: its
+    normalisation cannot be read from it."""
+    if (mean is None) != (std is None):
+        raise ValueError("pass mean and std together (3 values each, for RGB in 0..1), or neither")
+    if mean is not None:
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}")
+        return mean, std
+    if kind == "tag":
+        return wvalue.mean, wvalue.std
+    mean, std = info.mean_std if info else registry.NORMS["INCEPTION"]
+    if kind == "file":
+        source = f"the default weights of {info.name}" if info else "timm's default for unregistered ViTs"
+        log.warning(
+            "weights file %r: the model normalises inputs with mean=%s, std=%s (%s). If the file was trained "
+            "with another normalisation (e.g. DeiT's ImageNet mean/std), pass mean= and std=.",
+            wvalue, mean, std, source,
+        )
+    return mean, std
 
 
 def position_embedding(arch, num_prefix, name):

@@ -20,7 +20,7 @@ def tnt_trunk(x, arch, drop_path_rate):
         arch["patch_size"], arch["inner_dim"], stride=arch["first_stride"], legacy=arch["legacy"], name="pixel_embed"
     )(x)
     patches = PixelToPatch(gh * gw, arch["embed_dim"], norm_eps=1e-5, name="patch_embed")(pixels)
-    patches = PrefixTokens(1, token_init_std=0.02, name="cls_token")(patches)
+    patches = PrefixTokens(1, token_init_std=0.02, name="cls_token")(patches)  # timm: trunc_normal_(std=.02)
     patches = builder.position_embedding(arch, 1, name="patch_pos")(patches)
     rates = np.linspace(0.0, drop_path_rate, arch["depth"]) if arch["depth"] else []
     for i in range(arch["depth"]):
@@ -49,9 +49,11 @@ def TNT(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=None,
     classifier_activation="softmax",
     include_preprocessing=True,
+    mean=None,
+    std=None,
     drop_rate=0.0,
     drop_path_rate=0.0,
     name=None,
@@ -73,6 +75,8 @@ def TNT(
         classes=classes,
         classifier_activation=classifier_activation,
         include_preprocessing=include_preprocessing,
+        mean=mean,
+        std=std,
         drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )

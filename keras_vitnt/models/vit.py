@@ -21,11 +21,18 @@ BASE_DOCSTRING = """Instantiates {title}, as timm's `{timm}` (same numbers for t
         pooling: with include_top=False: None returns the normalised token sequence
             (B, prefix + N, D); "token" the class token (the mean of class and distillation
             tokens for distilled DeiT, as timm); "avg" the mean of the patch tokens.
-        classes: number of classes of the head. If it differs from the checkpoint's, the
-            backbone is loaded and a fresh head initialised (logged).
+        classes: number of classes of the head. None (default): the head follows the weights,
+            as in timm (1000 without weights; a headless feature checkpoint with
+            include_top=True is an error). A count the checkpoint does not have loads the
+            backbone and initialises a fresh head (logged).
         classifier_activation: activation of the head; None returns logits.
         include_preprocessing: if True the model takes RGB in [0, 255] and normalises with
             the weights' mean/std inside; if False it takes inputs normalised as timm's.
+        mean, std: the normalisation inside the model (3 values each, for RGB in 0..1;
+            timm's pretrained_cfg names). Default: the pretrained tag's; for a weights file
+            (which does not record it) or no weights, those of the model's default timm
+            weights, with a logged warning for a file. The model's config (layer
+            "preprocess") and the export sidecar say which values are inside.
         drop_rate: dropout before the head.
         drop_path_rate: stochastic depth rate, increased linearly over the blocks.
         name: model name (defaults to the timm name).
@@ -43,7 +50,8 @@ def vit_trunk(x, arch, drop_path_rate):
     num_prefix = int(arch["class_token"]) + int(arch["distilled"])
     x = PatchEmbedding(arch["patch_size"], arch["embed_dim"], name="patch_embed")(x)
     if num_prefix:
-        x = PrefixTokens(num_prefix, token_init_std=1e-6, name="cls_token")(x)
+        # timm: normal_(cls_token, std=1e-6); DeiT's trunc_normal_(dist_token, std=.02)
+        x = PrefixTokens(num_prefix, token_init_std=1e-6, dist_token_init_std=0.02, name="cls_token")(x)
     x = builder.position_embedding(arch, num_prefix, name="pos_embed")(x)
     rates = np.linspace(0.0, drop_path_rate, arch["depth"]) if arch["depth"] else []
     for i in range(arch["depth"]):
@@ -71,9 +79,11 @@ def ViT(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=None,
     classifier_activation="softmax",
     include_preprocessing=True,
+    mean=None,
+    std=None,
     drop_rate=0.0,
     drop_path_rate=0.0,
     name=None,
@@ -96,6 +106,8 @@ def ViT(
         classes=classes,
         classifier_activation=classifier_activation,
         include_preprocessing=include_preprocessing,
+        mean=mean,
+        std=std,
         drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )
@@ -110,9 +122,11 @@ def DeiT(
     input_tensor=None,
     input_shape=None,
     pooling=None,
-    classes=1000,
+    classes=None,
     classifier_activation="softmax",
     include_preprocessing=True,
+    mean=None,
+    std=None,
     drop_rate=0.0,
     drop_path_rate=0.0,
     name=None,
@@ -137,6 +151,8 @@ def DeiT(
         classes=classes,
         classifier_activation=classifier_activation,
         include_preprocessing=include_preprocessing,
+        mean=mean,
+        std=std,
         drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
     )
