@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: test test-all demo benchmark install venv clean
+.PHONY: test test-all demo benchmark install venv clean wheel
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,9 @@ demo: $(VENV)/.stamp-base
 benchmark: $(VENV)/.stamp-test
 	$(VENV)/bin/keras-vitnt benchmark --rounds 5 --overwrite
 
+# dist/keras_vitnt-<version>-py3-none-any.whl: e.g. to upload to a Colab session (see the notebook)
+wheel: | $(PY)
+	$(PIP) wheel -q --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

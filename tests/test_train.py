@@ -141,24 +141,68 @@ print("REPLICAS", strategy.num_replicas_in_sync, "LOSS", r.history["loss"][-1])
     assert line.split()[1] == "2" and np.isfinite(float(line.split()[3]))
 
 
-def test_notebook_executes_offline(tmp_path):
+def test_notebook_runs_its_documented_path_offline(tmp_path):
+    """The notebook's own cells: pretrained TNT-S from the hub (a local stand-in serving a 1-block
+    checkpoint), an image folder, layer decay, mixed precision, float16 export, classification of
+    a photo. Only the model's depth and input size differ from what a Colab user runs."""
+    import json
+
     import nbclient
     import nbformat
+    from PIL import Image
+
+    from hub_server import HubServer
+    from keras_vitnt.data.samples import photo_crops
+    from timm_oracle import perturbed_timm_model, save_checkpoint
+
+    crops = photo_crops(24, 80)
+    for i, crop in enumerate(crops):  # crops alternate between the two sample photos
+        folder = tmp_path / "photos" / ("temple" if i % 2 == 0 else "flower")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop.astype("uint8")).save(folder / f"{i}.jpg")
+    Image.fromarray(crops[1].astype("uint8")).save(tmp_path / "query.jpg")
+    ckpt = save_checkpoint(perturbed_timm_model("tnt_s_patch16_224", depth=1), tmp_path / "model.safetensors")
 
     path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "finetune_tnt_tf_flowers.ipynb")
     nb = nbformat.read(path, as_version=4)
     env_backup = dict(os.environ)
-    os.environ.update(KERAS_VITNT_NOTEBOOK_FAST="1", KERAS_VITNT_NOTEBOOK_OUT=str(tmp_path / "nb"),
-                      TF_CPP_MIN_LOG_LEVEL="3")
-    try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(env_backup)
+    with HubServer() as hub:
+        hub.add("timm/tnt_s_patch16_224.in1k", "model.safetensors", ckpt.read_bytes())
+        os.environ.update(KERAS_VITNT_NOTEBOOK_TEST="1", KERAS_VITNT_NOTEBOOK_OUT=str(tmp_path / "nb"),
+                          KERAS_VITNT_NOTEBOOK_DATA=str(tmp_path / "photos"),
+                          KERAS_VITNT_NOTEBOOK_IMAGE=str(tmp_path / "query.jpg"), TF_CPP_MIN_LOG_LEVEL="3",
+                          HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), KERAS_HOME=str(tmp_path / "keras"),
+                          HF_HUB_DISABLE_TELEMETRY="1")
+        try:
+            nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                    resources={"metadata": {"path": str(tmp_path)}}).execute()
+        finally:
+            os.environ.clear()
+            os.environ.update(env_backup)
+        assert any(m == "GET" and p.endswith("/model.safetensors") for m, p in hub.requests)  # really downloaded
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "validation accuracy" in outputs and "predicted:" in outputs
-    assert (tmp_path / "nb" / "tnt.tflite").is_file()
+    assert "validation accuracy" in outputs and "predicted: " in outputs
+    summary = json.loads((tmp_path / "nb" / "summary.json").read_text())
+    assert summary["classes"] == ["flower", "temple"] and summary["epochs_run"] == 2
+    assert summary["config"]["layer_decay"] == 0.75 and summary["config"]["mixed_precision"] == "auto"
+    meta = json.loads((tmp_path / "nb" / "model_fp16.tflite.json").read_text())
+    assert meta["report"]["quantization"] == "float16" and meta["report"]["correlation"] > 0.99
+    assert meta["source_dtype_policies"] == ["float32", "mixed_bfloat16"]  # trained in bf16, exported in float32
+
+
+def test_the_wheel_holds_the_package_data(tmp_path):
+    """What a Colab user installs (the notebook's wheel path): every bundled data file inside."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                           str(tmp_path), os.path.join(os.path.dirname(__file__), "..")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("keras_vitnt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for data in ("imagenet_classes.json", "imagenet21k_classes.json.gz"):
+        assert f"keras_vitnt/data/{data}" in names
+    assert "keras_vitnt/optimizers.py" in names and "keras_vitnt/io_utils.py" in names
 
 
 def test_train_cli(tmp_path):
