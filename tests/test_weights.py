@@ -1,6 +1,7 @@
 """Loading checkpoint files: timm's head rules, clear errors for every bad input, no
 partial assignment, and the hub path failing fast and loudly when offline."""
 
+import errno
 import logging
 import os
 import pickle
@@ -179,3 +180,111 @@ def test_headless_checkpoint_with_include_top_starts_fresh_head_and_logs(tmp_pat
     features = small(str(path), include_top=False, pooling="token")
     x = normalised_images(1, 32, 32)
     assert relative_error(np.asarray(features.predict_on_batch(x)), timm_logits(tm, x)) <= 1e-4
+
+
+class NotATensor:
+    """A custom object in a checkpoint: torch.load(weights_only=True) refuses to build it."""
+
+
+def test_truncated_pth_is_told_apart_from_a_pickle_that_would_run_code(vit_ckpt, tmp_path):
+    import functools
+
+    import torch
+
+    tm, _ = vit_ckpt
+    data_path = tmp_path / "whole.pth"
+    torch.save(tm.state_dict(), data_path)
+    data = data_path.read_bytes()
+    legacy_path = tmp_path / "legacy.pth"
+    torch.save(tm.state_dict(), legacy_path, _use_new_zipfile_serialization=False)
+    legacy = legacy_path.read_bytes()
+    # cut inside the zip directory, inside a tensor, at the very start, and a legacy (pre-zip) file cut short
+    cuts = [data[: len(data) - 100], data[: len(data) // 2], data[:100], b"", legacy[: len(legacy) // 2]]
+    for i, cut in enumerate(cuts):
+        path = tmp_path / f"cut{i}.pth"
+        path.write_bytes(cut)
+        with pytest.raises(ValueError, match=rf"cut{i}\.pth.*truncated or corrupt.*download it again") as e:
+            read_state_dict(path)
+        assert "pickled code" not in str(e.value) and e.value.__cause__ is not None
+
+    for name, obj in (("custom", NotATensor()), ("partial", functools.partial(print, 1))):
+        path = tmp_path / f"{name}.pth"
+        torch.save({"blocks.0.norm1.weight": torch.ones(3), "extra": obj}, path)
+        with pytest.raises(ValueError, match=rf"{name}\.pth.*weights_only=True.*pickled code") as e:
+            read_state_dict(path)
+        msg = str(e.value)
+        assert ("NotATensor" if name == "custom" else "functools.partial") in msg
+        assert "truncated or corrupt" not in msg
+        assert "will likely succeed" not in msg  # nor torch's advice to set weights_only=False
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_a_file_the_system_will_not_let_us_read_is_a_permission_error_not_a_corrupt_file(vit_ckpt, tmp_path,
+                                                                                          monkeypatch, fmt):
+    import safetensors.numpy
+    import torch
+
+    _, st_path = vit_ckpt
+    path = tmp_path / f"locked.{fmt}"
+    path.write_bytes(st_path.read_bytes())
+    cause = PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def refuse(*a, **kw):
+        raise cause
+
+    monkeypatch.setattr(safetensors.numpy, "load_file", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(PermissionError, match=rf"locked\.{fmt}.*permissions") as e:
+        read_state_dict(path)
+    assert e.value.errno == errno.EACCES and e.value.__cause__ is cause
+
+
+def test_bfloat16_safetensors_load_as_float32_and_other_tensors_keep_their_dtype(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    tm = perturbed_timm_model("vit_tiny_patch16_224", **SMALL_VIT)
+    sd = {k: v.detach().to(torch.bfloat16) for k, v in tm.state_dict().items()}
+    sd["norm.weight"] = tm.state_dict()["norm.weight"].detach().clone()  # one float32 tensor: must stay exact
+    sd["steps"] = torch.arange(3)
+    path = tmp_path / "bf16.safetensors"
+    save_file(sd, path)
+    read = read_state_dict(path)
+    assert read["blocks.1.attn.qkv.weight"].dtype == np.float32 and read["steps"].dtype == np.int64
+    np.testing.assert_array_equal(read["blocks.1.attn.qkv.weight"], sd["blocks.1.attn.qkv.weight"].float().numpy())
+    np.testing.assert_array_equal(read["norm.weight"], tm.state_dict()["norm.weight"].numpy())
+    del read["steps"]
+    model = small(None)
+    load_state_dict(model, read, family="vit")
+    np.testing.assert_array_equal(block_kernel(model), sd["blocks.1.attn.qkv.weight"].float().numpy().T)
+
+
+@pytest.fixture(scope="module")
+def google_npz(tmp_path_factory):
+    from test_npz import write_google_npz
+
+    tm = perturbed_timm_model("vit_tiny_patch16_224", **SMALL_VIT)
+    return write_google_npz(tm, tmp_path_factory.mktemp("npz") / "vit.npz")
+
+
+def test_damaged_npz_files_name_the_file_and_what_is_wrong(google_npz, tmp_path):
+    data = google_npz.read_bytes()
+    for i, cut in enumerate([data[: len(data) // 2], data[:10], b""]):
+        path = tmp_path / f"cut{i}.npz"
+        path.write_bytes(cut)
+        with pytest.raises(ValueError, match=rf"cut{i}\.npz.*truncated or corrupt.*download it again") as e:
+            read_state_dict(path)
+        assert e.value.__cause__ is not None
+
+    path = tmp_path / "objects.npz"
+    np.savez(path, **{"embedding/kernel": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match=r"objects\.npz.*holds object arrays.*refused"):
+        read_state_dict(path)
+
+    with np.load(google_npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    del arrays["Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel"]
+    path = tmp_path / "incomplete.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointMismatchError, match=r"incomplete\.npz.*encoderblock_1/MlpBlock_3/Dense_0/kernel"):
+        read_state_dict(path)

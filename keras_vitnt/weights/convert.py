@@ -7,9 +7,13 @@ layout change (Linear (out, in) -> (in, out), Conv (O, I, kh, kw) -> (kh, kw, I,
 assigned; nothing is assigned until the whole checkpoint has been checked.
 """
 
+import errno
 import logging
 import os
+import pickle
 import re
+import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -96,22 +100,12 @@ def read_state_dict(path):
     import torch lazily and load with `weights_only=True` (no pickled code runs)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+        raise FileNotFoundError(
+            errno.ENOENT, f"checkpoint file {path!r} does not exist (or is not a file): check the path"
+        )
     lower = path.lower()
     if lower.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            return _as_numpy(load_file(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(
-                f"{path!r} is not a readable safetensors file ({e}). It may be truncated or of another format: "
-                "delete it and download it again."
-            ) from e
-        except TypeError:
-            # bf16 tensors: numpy has no bfloat16; read through the framework-free reader
-            return _read_safetensors_any_dtype(path)
+        return _read_safetensors(path)
     if lower.endswith((".pth", ".bin", ".pt", ".pth.tar")):
         return _read_torch(path)
     if lower.endswith(".npz"):
@@ -122,28 +116,85 @@ def read_state_dict(path):
     )
 
 
+def _unreadable(path, e):
+    """An OSError of the file system itself (permissions, I/O error) as an OSError with its errno, naming the file;
+    None for the errors that mean damaged content."""
+    if isinstance(e, OSError) and e.errno not in (None, errno.EINVAL):  # EINVAL: torch's zip reader on a cut file
+        return OSError(e.errno, f"Cannot read the checkpoint file {path!r} ({e}): check its permissions and the disk.")
+    return None
+
+
+def _corrupt(path, e, what):
+    return ValueError(
+        f"{path!r} is not a readable {what}: the file is truncated or corrupt ({type(e).__name__}: {_gist(e)}): "
+        "delete it and download it again (or check that it is of this format)."
+    )
+
+
+def _gist(e):
+    """The first sentence of an error message (torch's go on for lines)."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return (msg.splitlines() or ["no detail"])[0].split(". ")[0][:200]
+
+
+def _read_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        try:
+            sd = load_file(path)
+        except TypeError:  # a dtype numpy does not know (bfloat16 before ml_dtypes is imported)
+            sd = _read_safetensors_any_dtype(path)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise (_unreadable(path, e) or _corrupt(path, e, "safetensors file")) from e
+    return {k: _standard_float(np.asarray(v)) for k, v in sd.items()}
+
+
+def _read_safetensors_any_dtype(path):
+    import ml_dtypes  # noqa: F401  (registers bfloat16 and the float8 types with numpy)
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _standard_float(a):
+    """bfloat16 / float8 (ml_dtypes) -> float32, which the loader takes as a float; other dtypes as they are."""
+    if a.dtype.name == "bfloat16" or a.dtype.name.startswith(("float8_", "float6_", "float4_")):
+        return a.astype("float32")
+    return a
+
+
 def _read_npz(path):
     from keras_vitnt.weights.npz import is_google_npz, npz_to_timm
 
     try:
-        with np.load(path, allow_pickle=False) as f:
-            w = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path!r} is not a readable .npz file ({e}); it may be truncated: download it again.") from e
+        f = np.load(path, allow_pickle=False)
+        if isinstance(f, np.lib.npyio.NpzFile):
+            with f:  # arrays are read (and their CRCs checked) here
+                w = {k: f[k] for k in f.files}
+    except ValueError as e:
+        if "Object arrays" in str(e):  # would need pickle: refused, as for .pth files
+            raise ValueError(
+                f"{path!r} holds object arrays, which only pickle can load: refused (allow_pickle=False). A Google ViT "
+                "checkpoint holds plain arrays; re-save it with numpy.savez."
+            ) from e
+        raise _corrupt(path, e, ".npz file") from e
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise (_unreadable(path, e) or _corrupt(path, e, ".npz file")) from e
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} holds a single .npy array, not an .npz archive of a Google ViT checkpoint")
     if not is_google_npz(w):
-        raise ValueError(f"{path!r} is not a Google ViT checkpoint: it has no 'embedding/kernel' array")
+        raise ValueError(
+            f"{path!r} is not a Google ViT checkpoint: it has no 'embedding/kernel' array (its arrays: "
+            f"{', '.join(sorted(w)[:8])}{' ...' if len(w) > 8 else ''})"
+        )
     return npz_to_timm(w, source=repr(path))
 
 
-def _read_safetensors_any_dtype(path):
-    import ml_dtypes
-    from safetensors import safe_open
-
-    out = {}
-    with safe_open(path, framework="numpy") as f:
-        for k in f.keys():
-            out[k] = np.asarray(f.get_tensor(k).astype(ml_dtypes.bfloat16), dtype="float32")
-    return out
+# the weights_only unpickler's refusals of a global / a call / an object (as opposed to damaged bytes)
+_PICKLED_CODE = re.compile(r"GLOBAL|unrecognized function|Can only (?:create new object|build)|must be \S+ to load")
 
 
 def _read_torch(path):
@@ -155,18 +206,29 @@ def _read_torch(path):
         ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zip, objects refused by weights_only
-        raise ValueError(
-            f"Could not read {path!r} as a torch state dict with weights_only=True ({type(e).__name__}: {e}). "
-            "A file that needs arbitrary pickled code is refused on purpose; re-save it as a plain state dict "
-            "or as .safetensors."
-        ) from e
+    except Exception as e:  # damaged bytes make torch.load raise almost any type (RuntimeError from the zip
+        # reader, EOFError, KeyError for a bad legacy magic number, OSError EINVAL, struct.error): told apart below
+        if isinstance(e, pickle.UnpicklingError) and _PICKLED_CODE.search(str(e)):
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            raise ValueError(
+                f"{path!r} holds pickled objects that torch.load(weights_only=True) refuses"
+                f"{' (' + found.group(1) + ')' if found else ''}: a file that needs arbitrary pickled code is refused "
+                "on purpose. If you trust it, re-save it as a plain state dict (torch.save(model.state_dict(), ...)) "
+                "or as .safetensors."
+            ) from e
+        shown = e
+        if isinstance(e, pickle.UnpicklingError) and isinstance(e.__context__, pickle.UnpicklingError):
+            shown = e.__context__  # torch re-raises `from None` with a preamble; the inner message says what broke
+        raise (_unreadable(path, e) or _corrupt(path, shown, "torch checkpoint")) from e
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict):
-        raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+        raise ValueError(
+            f"{path!r} holds a {type(obj).__name__}, not a state dict: re-save it with "
+            "torch.save(model.state_dict(), path)"
+        )
     out = {}
     for k, v in obj.items():
         if not hasattr(v, "detach"):
@@ -174,10 +236,6 @@ def _read_torch(path):
         k = k[len("module.") :] if k.startswith("module.") else k
         out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
     return out
-
-
-def _as_numpy(sd):
-    return {k: np.asarray(v) for k, v in sd.items()}
 
 
 # --- family filters (timm's checkpoint_filter_fn, the parts that rename) -----------
@@ -335,6 +393,16 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_l
     return LoadResult(converted, complete=not unexpected)
 
 
+def read_weights_file(path, *, family):
+    """A timm/torch/npz checkpoint file -> (state dict, position-table interpolation timm uses
+    for it: bilinear for Google .npz files, bicubic otherwise)."""
+    path = os.fspath(path)
+    if path.lower().endswith(".npz") and family != "vit":
+        raise ValueError(f"{path!r}: Google .npz checkpoints exist for ViT only, not for {family.upper()}")
+    interpolation = "bilinear" if path.lower().endswith(".npz") else "bicubic"
+    return read_state_dict(path), interpolation
+
+
 def load_weights_file(model, path, *, family):
     """Load any supported weights file into the model (format from the extension)."""
     path = os.fspath(path)
@@ -343,8 +411,5 @@ def load_weights_file(model, path, *, family):
             raise FileNotFoundError(f"weights file {path!r} does not exist")
         model.load_weights(path)
         return None
-    if path.lower().endswith(".npz") and family != "vit":
-        raise ValueError(f"{path!r}: Google .npz checkpoints exist for ViT only, not for {family.upper()}")
-    interpolation = "bilinear" if path.lower().endswith(".npz") else "bicubic"
-    return load_state_dict(model, read_state_dict(path), family=family, source=repr(path),
-                           pos_interpolation=interpolation)
+    state_dict, interpolation = read_weights_file(path, family=family)
+    return load_state_dict(model, state_dict, family=family, source=repr(path), pos_interpolation=interpolation)

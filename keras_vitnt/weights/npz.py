@@ -40,6 +40,13 @@ def npz_to_timm(w, source="<npz>"):
     used = set()
 
     def get(name, idx=None):
+        if prefix + name not in keys:
+            from keras_vitnt.weights.convert import CheckpointMismatchError
+
+            raise CheckpointMismatchError(
+                f"{source} has no array {prefix + name!r}: it is not a plain ViT checkpoint in the vit_jax or "
+                "big_vision layout (hybrid, Mixer and other variants do not load from .npz), or it is incomplete."
+            )
         used.add(prefix + name)
         a = np.asarray(w[prefix + name])
         return a[idx] if idx is not None else a
