@@ -64,12 +64,13 @@ def model_io(model):
     }
 
 
-def default_samples(model, n=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
-    """Real-photo crops at the model's input size, normalised if the model expects it."""
+def default_samples(model, n=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), skip=0):
+    """Real-photo crops at the model's input size, normalised if the model expects it. `skip`
+    drops the first crops of the sequence (the calibration set skips the parity samples)."""
     from keras_vitnt.data.samples import photo_crops
 
     io = model_io(model)
-    x = photo_crops(n, tuple(io["input_shape"][:2]))
+    x = photo_crops(skip + n, tuple(io["input_shape"][:2]))[skip:]
     if not io["preprocessing_inside"]:
         x = (x / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")
     return x.astype("float32")
@@ -279,7 +280,8 @@ def export(
     io = model_io(model)
     samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model)
     if quantization == "int8" and representative_data is None:
-        representative_data = default_samples(model, n=32)
+        # calibration never sees the images the parity report scores
+        representative_data = default_samples(model, n=32, skip=0 if sample_data is not None else len(samples))
         log.info("int8 calibration on 32 crops of the bundled sample photos; pass representative_data "
                  "drawn from your own data for a better calibration")
 
