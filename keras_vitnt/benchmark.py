@@ -483,11 +483,26 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+HEADER = "# keras_vitnt benchmark"
+
+
+def _is_benchmark_result(path):
+    try:
+        with open(path) as f:
+            return f.readline().rstrip("\n") == HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if os.path.exists(args.out) and not args.overwrite:
-        raise SystemExit(f"keras-vitnt benchmark: {args.out} exists; pass --overwrite to replace it or --out FILE")
+    if os.path.exists(args.out):
+        if not args.overwrite:
+            raise SystemExit(f"keras-vitnt benchmark: {args.out} exists; pass --overwrite to replace it or --out FILE")
+        if not _is_benchmark_result(args.out):  # --overwrite replaces only what the benchmark wrote
+            raise SystemExit(f"keras-vitnt benchmark: {args.out} exists and is not a keras_vitnt benchmark result "
+                             f"(it does not start with '{HEADER}'); it was left untouched: choose another --out")
     if importlib.util.find_spec("timm") is None:  # not imported here: see below
         raise SystemExit("keras-vitnt benchmark compares with timm: pip install 'keras_vitnt[test]' "
                          "(timm, torch==2.14.1, torchvision==0.29.1)")
@@ -498,7 +513,7 @@ def main(argv=None):
         return subprocess.run([sys.executable, "-c", _REEXEC, *argv], env=env).returncode
 
     set_threads(args.threads)
-    out = ["# keras_vitnt benchmark", "", f"Machine: {machine_line(args.threads)}.", "",
+    out = [HEADER, "", f"Machine: {machine_line(args.threads)}.", "",
            f"Command: `keras-vitnt benchmark {' '.join(argv)}`", ""]
     t0 = time.time()
     peak = matmul_peak(args.threads)
@@ -530,11 +545,9 @@ def main(argv=None):
     out += [f"Total time {(time.time() - t0) / 60:.1f} min."]
     text = "\n".join(out) + "\n"
     print("\n" + text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.partial"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, args.out)
+    from keras_vitnt.io_utils import write_text
+
+    write_text(args.out, text)
     print(f"written to {args.out}")
     return 0
 

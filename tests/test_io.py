@@ -96,3 +96,13 @@ def test_export_overwrite_replaces_its_own_exports_only(tmp_path):
     with pytest.raises(FileExistsError, match="not a keras_vitnt saved_model export"):
         keras_vitnt.export(model, folder, format="saved_model", overwrite=True)
     assert os.listdir(folder) == ["notes.txt"]
+
+
+def test_benchmark_overwrite_replaces_only_a_benchmark_result(tmp_path):
+    from keras_vitnt import benchmark
+
+    out = tmp_path / "notes.md"
+    out.write_text("my own notes\n")
+    with pytest.raises(SystemExit, match="not a keras_vitnt benchmark result"):
+        benchmark.main(["--out", str(out), "--overwrite"])
+    assert out.read_text() == "my own notes\n"
