@@ -93,13 +93,26 @@ def _load_model_arg(model_arg, weights):
 
 def cmd_export(args):
     """Export a model and print the parity report of the exported file."""
-    import glob
-
     import keras_vitnt
     from keras_vitnt.data import load_images
 
-    model = _load_model_arg(args.model, args.weights)
     quant = None if args.quantize in (None, "none") else args.quantize
+    calibration = []
+    if args.calibration:  # checked before the model loads (which may download weights)
+        if quant != "int8":
+            raise ValueError(f"--calibration is for --quantize int8 (full integer), not {quant or 'fp32'}")
+        if not os.path.isdir(args.calibration):
+            raise FileNotFoundError(f"--calibration {args.calibration}: no such folder")
+        exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+        calibration = sorted(os.path.join(d, f) for d, _, names in os.walk(args.calibration) for f in names
+                             if f.lower().endswith(exts) and not f.startswith("."))
+        if not calibration:
+            raise ValueError(f"--calibration {args.calibration}: no images found (looked for {', '.join(exts)} "
+                             "files in the folder and its subfolders); pass a folder of images like those the "
+                             "model will see")
+        # at most 200, spread evenly over the sorted list so that every class folder contributes
+        calibration = calibration[:: -(-len(calibration) // 200)][:200]
+    model = _load_model_arg(args.model, args.weights)
     if args.out:
         out = args.out
     else:
@@ -107,12 +120,13 @@ def cmd_export(args):
         suffix = {"litert": f"{'_' + quant if quant else ''}.tflite", "onnx": ".onnx", "saved_model": "_saved_model"}
         out = os.path.join("saved_models", stem + suffix[args.format])
     representative = None
-    if args.calibration:
-        files = sorted(f for ext in ("jpg", "jpeg", "png", "bmp") for f in glob.glob(
-            os.path.join(args.calibration, "**", f"*.{ext}"), recursive=True))
-        if not files:
-            raise SystemExit(f"--calibration {args.calibration}: no .jpg/.png images found")
-        representative = load_images(files[:200], size=model.input_shape[1])
+    if calibration:
+        h, w = model.input_shape[1:3]
+        if h != w:
+            raise ValueError(f"--calibration loads square crops; this model takes {h}x{w} images: pass "
+                             "representative_data= to keras_vitnt.export in Python instead")
+        representative = load_images(calibration, size=h)
+        print(f"int8 calibration on {len(calibration)} images from {args.calibration}")
     report = keras_vitnt.export(model, out, format=args.format, quantization=quant,
                                 representative_data=representative, overwrite=args.overwrite)
     print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
@@ -127,6 +141,10 @@ def cmd_visualize(args):
     from keras_vitnt import visualize as vz
     from keras_vitnt.data import load_image
 
+    # before the model loads; the PNG itself is written atomically (visualize.save_figure)
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it, or another --out "
+                              "(it was left untouched)")
     model = _load_model_arg(args.model, args.weights)
     h, w = model.input_shape[1:3]
     if h != w:
@@ -139,9 +157,9 @@ def cmd_visualize(args):
     elif args.kind == "tnt-inner":
         vz.overlay(image, vz.tnt_inner_maps(model, image, block=args.block), args.out, title="TNT inner attention")
     else:
-        fm = vz.feature_maps(model, image, blocks=[args.block])
-        vz.overlay(image, vz.upsample(vz.feature_map_image(next(iter(fm.values()))), (h, w)), args.out,
-                   title=f"features, block {args.block} (PC 1)")
+        (block, tokens), = vz.feature_maps(model, image, blocks=[args.block]).items()  # block: -1 resolved
+        vz.overlay(image, vz.upsample(vz.feature_map_image(tokens), (h, w)), args.out,
+                   title=f"features, block {block} (PC 1)")
     print(f"wrote {args.out}")
     return 0
 
@@ -249,7 +267,8 @@ def build_parser():
     q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
     q.add_argument("--kind", default="rollout", choices=["rollout", "attention", "tnt-inner", "features"])
     q.add_argument("--block", type=int, default=-1, help="block for attention / tnt-inner / features")
-    q.add_argument("--out", default="attention.png")
+    q.add_argument("--out", default="attention.png", help="PNG to write (default attention.png)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     q.set_defaults(func=cmd_visualize)
     q = add("demo", help="offline demo: train a ViT and a TNT on digits, export to LiteRT")
     q.add_argument("--out", default="saved_models/demo")

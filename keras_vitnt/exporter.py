@@ -229,7 +229,7 @@ def export(
     overwrite=False,
     sample_data=None,
     class_names=None,
-    batch_size=None,
+    batch_size="default",
 ):
     """Export a Keras model (any keras_vitnt model, fine-tuned or not) and check the result.
 
@@ -248,8 +248,9 @@ def export(
         sample_data: images for the parity check (default: 8 real-photo crops).
         class_names: label names for the sidecar JSON (default: ImageNet-1k names for a
             1000-class output, none otherwise).
-        batch_size: batch dimension of the artifact: None (dynamic) for SavedModel and
-            ONNX; LiteRT defaults to 1 (static shapes suit mobile delegates).
+        batch_size: batch dimension of the artifact: an int, or None for a dynamic batch.
+            Default: 1 for LiteRT (static shapes suit mobile delegates), dynamic for
+            SavedModel and ONNX.
 
     Returns:
         The report dict (also in the sidecar JSON): path, format, quantization, size in
@@ -270,8 +271,10 @@ def export(
     if suffix and not path.endswith(suffix):
         raise ValueError(f"a {format} export is a {suffix} file; got {path!r}")
     _check_destination(path, format, overwrite)
-    if batch_size is None and format == "litert":
-        batch_size = 1
+    if batch_size == "default":  # a sentinel: None asks for a dynamic batch in every format
+        batch_size = 1 if format == "litert" else None
+    elif batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r}: a positive integer, or None for a dynamic batch")
 
     from keras_vitnt.precision import float32_copy, model_policies
 

@@ -2,8 +2,10 @@
 refuses to overwrite its output. (Speed itself is measured by the benchmark, not tested.)"""
 
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -38,9 +40,34 @@ def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "Measured matmul peak" in text and "| vit_tiny_patch16_224 | 1 | 2.5 |" in text
+    peak = float(re.search(r"fp32 (\d+) GFLOP/s", text).group(1))
     row = next(line for line in text.splitlines() if line.startswith("| vit_tiny"))
-    ratio = float(row.split("|")[6].strip().strip("*"))
-    assert ratio > 0
+    _, _, batch, gflop, keras_ips, timm_ips, ratio, bf16_ips, bf16_ratio, peak_pct, _ = (
+        c.strip().strip("*%") for c in row.split("|"))
+    # one round: a ratio (median of per-round ratios) is the two img/s columns divided; each
+    # printed number is rounded, so the check is against the interval the rounding leaves
+    assert within(ratio, divided(keras_ips, timm_ips)), row
+    assert within(bf16_ratio, divided(bf16_ips, timm_ips)), row
+    assert within(peak_pct, [100 * v / p for v in times(keras_ips, gflop) for p in bounds(str(peak))]), row
+
+
+def bounds(printed):
+    """The interval a number printed with this many decimals was rounded from."""
+    half = 0.5 * 10.0 ** -(len(printed.split(".")[1]) if "." in printed else 0)
+    return float(printed) - half, float(printed) + half
+
+
+def divided(a, b):
+    return [x / y for x in bounds(a) for y in bounds(b)]
+
+
+def times(a, b):
+    return [x * y for x in bounds(a) for y in bounds(b)]
+
+
+def within(printed, candidates):
+    lo, hi = bounds(printed)
+    return min(candidates) <= hi and max(candidates) >= lo
 
 
 def test_interleaved_times_alternate_order_and_speedup_pairs_rounds():
@@ -52,3 +79,14 @@ def test_interleaved_times_alternate_order_and_speedup_pairs_rounds():
     # per-round ratios: a drift that slows both in round 2 cancels out
     times = {"keras": [1.0, 3.0, 1.0], "timm": [2.0, 6.0, 2.0]}
     assert benchmark.speedup(times, "keras", "timm") == 2.0
+    assert benchmark.speedup(times, "timm", "keras") == 0.5  # the slower one: < 1
+    # the median of the per-round ratios (2, 2.2, 0.75), not the ratio of the medians (3 / 2)
+    times = {"keras": [1.0, 2.0, 4.0], "timm": [2.0, 4.4, 3.0]}
+    assert benchmark.speedup(times, "keras", "timm") == pytest.approx(2.0)
+
+
+def test_a_slower_contender_times_longer_and_gets_a_ratio_below_one():
+    times = benchmark.interleaved_times({"slow": lambda: time.sleep(0.02), "fast": lambda: time.sleep(0.002)},
+                                        rounds=3, warmup=0)
+    assert min(times["slow"]) >= 0.02 and max(times["fast"]) < min(times["slow"])  # each time is its own runner's
+    assert benchmark.speedup(times, "slow", "fast") < 0.5 < 2 < benchmark.speedup(times, "fast", "slow")

@@ -32,6 +32,24 @@ def test_list_tags_filter():
     assert "augreg_in21k " in out.stdout and "21843" in out.stdout and "mae" in out.stdout
 
 
-@pytest.mark.parametrize("args", [["nope"], ["list", "--bogus"]])
-def test_bad_usage_exits_non_zero(args):
-    assert run_cli(*args).returncode == 2
+@pytest.mark.parametrize("args,message", [(["nope"], "invalid choice: 'nope'"),
+                                          (["list", "--bogus"], "unrecognized arguments: --bogus")])
+def test_bad_usage_exits_non_zero(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2 and message in out.stderr and "usage: keras-vitnt" in out.stderr
+
+
+def test_verbose_before_or_after_the_subcommand_shows_the_traceback_of_a_user_error(tmp_path):
+    missing = str(tmp_path / "nope.keras")
+    quiet = run_cli("export", missing, "--format", "litert")
+    assert quiet.returncode == 1
+    assert f"keras-vitnt export: error: File not found: filepath={missing}" in quiet.stderr
+    assert "Traceback" not in quiet.stderr and "(run with -v for the full traceback)" in quiet.stderr
+    for args in (["export", missing, "--format", "litert", "-v"], ["-v", "export", missing, "--format", "litert"]):
+        loud = run_cli(*args)
+        assert loud.returncode == 1, (args, loud.stderr[-2000:])
+        # the frames down to where the error was raised, then the same one-line message
+        assert "Traceback (most recent call last)" in loud.stderr and "in cmd_export" in loud.stderr, args
+        traceback_at = loud.stderr.index("Traceback (most recent call last)")
+        assert loud.stderr.index(f"keras-vitnt export: error: File not found: filepath={missing}") > traceback_at
+        assert "run with -v" not in loud.stderr

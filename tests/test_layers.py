@@ -1,5 +1,5 @@
 """Layers: config round trips, attention weights against an independent computation,
-unfold order, DropPath, position-embedding kinds."""
+unfold order, DropPath, position-embedding kinds, initialisation as timm's."""
 
 import inspect
 
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from keras_vitnt import layers as L
+from timm_oracle import ks_distance
 
 LAYERS = [
     L.Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4)),
     L.PatchEmbedding(patch_size=4, embed_dim=8),
-    L.PrefixTokens(num_tokens=2, token_init_std=0.02),
+    L.PrefixTokens(num_tokens=2, token_init_std=0.02, dist_token_init_std=0.01),
     L.PositionEmbedding(grid_size=(2, 3), num_prefix_tokens=1, kind="learned_2d"),
     L.TokenPool(mode="dist_avg", num_prefix_tokens=2),
     L.Attention(dim=8, num_heads=2, qkv_bias=False, attn_drop=0.1, proj_drop=0.2),
@@ -146,6 +147,47 @@ def test_position_embedding_kinds(kind, trainable):
         assert not y[0, 0].any()  # the class token gets no position
 
 
+def test_sincos_2d_equals_timm_build_sincos2d_pos_embed():
+    from timm.layers import build_sincos2d_pos_embed
+
+    grid, dim = (6, 10), 64  # non-square: a swapped x / y shows
+    ref = build_sincos2d_pos_embed(list(grid), dim=dim).numpy()
+    np.testing.assert_allclose(L.embedding.sincos_2d(grid, dim), ref, rtol=0, atol=1e-6)
+    y = np.asarray(L.PositionEmbedding(grid, num_prefix_tokens=2, kind="sincos_2d")(np.zeros((1, 62, dim), "float32")))
+    np.testing.assert_allclose(y[0, 2:], ref, rtol=0, atol=1e-6)
+
+
+def test_prefix_tokens_config_without_dist_std_loads():
+    # configs saved before dist_token_init_std existed
+    layer = L.PrefixTokens.from_config({"name": "cls_token", "num_tokens": 2, "token_init_std": 1e-6})
+    assert layer.dist_token_init_std == 0.02 and layer(np.zeros((1, 3, 4), "float32")).shape == (1, 5, 4)
+
+
+@pytest.mark.parametrize("wrong", [None, "zero_bias", "normal_kernel", "keras_glorot"])
+def test_patch_embedding_init_is_pytorch_conv2d_default(wrong):
+    """timm leaves patch_embed.proj at PyTorch's Conv2d default, U(+-1/sqrt(fan_in)) for the
+    kernel and the bias; the check rejects the wrong initialisers (the old zero bias among them)."""
+    import torch
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(3, 192, 16, 16)
+    ref_w, ref_b = ref.weight.detach().numpy(), ref.bias.detach().numpy()
+    layer = L.PatchEmbedding(patch_size=16, embed_dim=192)
+    layer.build((None, 32, 32, 3))
+    w, b = np.asarray(layer.proj.kernel), np.asarray(layer.proj.bias)
+    bound = 1 / np.sqrt(3 * 16 * 16)
+    if wrong == "zero_bias":
+        b = np.zeros_like(b)
+    elif wrong == "normal_kernel":  # the right std, the wrong distribution
+        w = np.asarray(keras.initializers.RandomNormal(stddev=bound / np.sqrt(3))(w.shape))
+    elif wrong == "keras_glorot":  # Keras's default
+        w = np.asarray(keras.initializers.GlorotUniform()(w.shape))
+    # KS critical value at p ~ 1e-4 for two samples of these sizes
+    same = [ks_distance(x, r) < 2.2 * np.sqrt(2 / x.size) and np.abs(x).max() <= bound
+            for x, r in ((w, ref_w), (b, ref_b))]
+    assert all(same) == (wrong is None), (wrong, same)
+
+
 def test_bad_arguments_raise_clearly():
     with pytest.raises(ValueError, match="not divisible"):
         L.Attention(dim=10, num_heads=3)
@@ -167,3 +209,17 @@ def test_tnt_block_returns_inner_and_outer_attention():
     np.testing.assert_allclose(np.asarray(outer).sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(p1), np.asarray(p2), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(x1), np.asarray(x2), rtol=1e-5, atol=1e-5)
+
+
+def test_a_sincos_model_saved_before_timms_order_keeps_its_numbers():
+    """0.1.0 saved PositionEmbedding configs without `sincos_order` and built MoCo's order:
+    such a config still builds that table, a new one builds timm's."""
+    from keras_vitnt.layers.embedding import sincos_2d
+
+    old = L.PositionEmbedding.from_config({"name": "pos_embed", "grid_size": (2, 3), "num_prefix_tokens": 1,
+                                           "kind": "sincos_2d"})
+    new = L.PositionEmbedding((2, 3), 1, kind="sincos_2d")
+    x = np.zeros((1, 7, 8), "float32")
+    np.testing.assert_allclose(np.asarray(old(x))[0, 1:], sincos_2d((2, 3), 8, order="moco"))
+    np.testing.assert_allclose(np.asarray(new(x))[0, 1:], sincos_2d((2, 3), 8, order="timm"))
+    assert L.PositionEmbedding.from_config(new.get_config()).sincos_order == "timm"

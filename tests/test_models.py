@@ -7,6 +7,9 @@ import pytest
 import tensorflow as tf
 
 import keras_vitnt
+from timm_oracle import normalised_images, perturbed_timm_model, relative_error, save_checkpoint, timm_logits
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def small_vit(**kw):
@@ -68,12 +71,64 @@ def test_tnt_include_top_false():
     assert model.output_shape == (None, 17, 384)
 
 
-def test_non_square_inputs():
-    vit = keras_vitnt.create_model("vit_tiny_patch16_224", weights=None, input_shape=(48, 80, 3), depth=1)
-    assert vit.get_layer("pos_embed").pos_embed.shape == (1, 1 + 3 * 5, 192)
-    assert np.asarray(vit.predict_on_batch(images(h=48, w=80))).shape == (2, 1000)
-    tnt = keras_vitnt.TNT("S", weights=None, input_shape=(32, 64, 3), depth=1)
-    assert np.asarray(tnt.predict_on_batch(images(h=32, w=64))).shape == (2, 1000)
+@pytest.mark.parametrize("name,size", [("vit_tiny_patch16_224", (48, 80)), ("tnt_s_patch16_224", (32, 64))],
+                         ids=["vit", "tnt"])
+def test_non_square_inputs_give_timms_logits(name, size, tmp_path):
+    """Built at a non-square size, with a checkpoint of timm's model at that size (a 3 x 5 /
+    2 x 4 grid, no resampling): timm's logits, so rows and columns are not swapped anywhere."""
+    tm = perturbed_timm_model(name, img_size=size, depth=1)
+    path = save_checkpoint(tm, tmp_path / "non_square.safetensors")
+    model = keras_vitnt.create_model(name, weights=str(path), input_shape=size + (3,), depth=1,
+                                     include_preprocessing=False, classifier_activation=None)
+    if name.startswith("vit"):
+        assert model.get_layer("pos_embed").pos_embed.shape == (1, 1 + 3 * 5, 192)
+    x = normalised_images(2, *size)
+    logits = np.asarray(model.predict_on_batch(x))
+    assert logits.shape == (2, 1000)
+    assert relative_error(logits, timm_logits(tm, x)) <= 1e-5
+
+
+@pytest.mark.parametrize("distilled", [False, True], ids=["deit", "deit-distilled"])
+def test_deit_builds_deits_structure(distilled):
+    model = keras_vitnt.DeiT("Ti/16", distilled=distilled, weights=None, input_shape=(32, 32, 3), classes=10,
+                             depth=1, classifier_activation=None)
+    assert model.name == f"deit_tiny{'_distilled' if distilled else ''}_patch16_224"
+    assert model.get_layer("cls_token").num_tokens == 1 + distilled  # class (+ distillation) token
+    assert model.get_layer("pos_embed").pos_embed.shape == (1, 1 + distilled + 2 * 2, 192)
+    pre = model.get_layer("preprocess").get_config()  # DeiT normalises as ImageNet, ViT with 0.5 / 0.5
+    np.testing.assert_allclose(pre["mean"], IMAGENET_MEAN)
+    np.testing.assert_allclose(pre["std"], IMAGENET_STD)
+    names = [layer.name for layer in model.layers]
+    assert ("head_dist" in names) == distilled
+    # the output: the head on the class token, averaged with the distillation head on the
+    # distillation token (timm's inference output of the distilled model)
+    x = images()
+    tokens = np.asarray(keras.Model(model.inputs, model.get_layer("norm").output).predict_on_batch(x))
+    assert tokens.shape == (2, 1 + distilled + 4, 192)
+
+    def dense(name, t):
+        layer = model.get_layer(name)
+        return t @ np.asarray(layer.kernel) + np.asarray(layer.bias)
+
+    cls = dense("head", tokens[:, 0])
+    expected = (cls + dense("head_dist", tokens[:, 1])) / 2 if distilled else cls
+    out = np.asarray(model.predict_on_batch(x))
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+    if distilled:
+        assert not np.allclose(out, cls, atol=1e-3)  # both heads count
+
+
+@pytest.mark.parametrize("distilled", [False, True], ids=["deit", "deit-distilled"])
+def test_deit_with_a_timm_checkpoint_gives_timms_logits(distilled, tmp_path):
+    name = f"deit_tiny{'_distilled' if distilled else ''}_patch16_224"
+    tm = perturbed_timm_model(name, img_size=32, depth=2)
+    path = save_checkpoint(tm, tmp_path / f"{name}.safetensors")
+    # RGB 0..255 in: DeiT's own (ImageNet) normalisation inside the model
+    model = keras_vitnt.DeiT("Ti/16", distilled=distilled, weights=str(path), input_shape=(32, 32, 3), depth=2,
+                             classifier_activation=None)
+    rgb = images()
+    x = ((rgb / 255.0 - np.asarray(IMAGENET_MEAN, "float32")) / np.asarray(IMAGENET_STD, "float32")).astype("float32")
+    assert relative_error(np.asarray(model.predict_on_batch(rgb)), timm_logits(tm, x)) <= 1e-5
 
 
 def test_input_tensor():

@@ -1,5 +1,5 @@
 """The reference oracle: timm models with every tensor perturbed, saved as a checkpoint
-file, and their logits on a fixed input."""
+file, and their logits on a fixed input; the error and distribution measures of the tests."""
 
 import numpy as np
 
@@ -54,3 +54,12 @@ def normalised_images(n, h, w, seed=0):
 def relative_error(a, b):
     """max |a - b| / max |b|: the parity measure of the test suite."""
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def ks_distance(a, b):
+    """Two-sample Kolmogorov-Smirnov statistic, max |F_a - F_b|: are two initialisations draws
+    of one distribution? Reject above c * sqrt((n + m) / (n m)) (c = 2.2: p ~ 1e-4)."""
+    a, b = np.sort(np.ravel(a)), np.sort(np.ravel(b))
+    pooled = np.concatenate([a, b])
+    cdf = lambda x: np.searchsorted(x, pooled, "right") / x.size  # noqa: E731
+    return float(np.max(np.abs(cdf(a) - cdf(b))))

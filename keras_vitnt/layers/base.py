@@ -1,6 +1,8 @@
 """Shared plumbing for keras_vitnt layers: serialisation registration, initialisers
 that match timm's, and the mapping of each layer's weights to timm tensor names."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -12,27 +14,38 @@ def register(cls):
     return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
 
 
+def timm_normal(stddev):
+    """timm's `trunc_normal_(std=stddev)` (and `normal_`): timm cuts at +-2 absolute, which for
+    stddev <= 0.02 is >= 100 std out, so it is the plain normal. Keras's TruncatedNormal cuts
+    at +-2 std and so draws a narrower distribution (std 0.88 * stddev)."""
+    if stddev > 0.1:
+        raise ValueError(f"timm_normal: the cut at +-2 matters for stddev {stddev}; only <= 0.1 is supported")
+    return keras.initializers.RandomNormal(stddev=stddev)
+
+
 def dense_init():
-    """timm's `trunc_normal_(std=.02)` for Linear weights."""
-    return keras.initializers.TruncatedNormal(stddev=0.02)
+    """timm's `trunc_normal_(std=.02)` for Linear weights (biases start at zero)."""
+    return timm_normal(0.02)
 
 
-def torch_conv_init():
-    """PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))."""
-    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+@register
+class TorchConv2D(keras.layers.Conv2D):
+    """Conv2D initialised as PyTorch's `nn.Conv2d` (timm leaves its convs at that default):
+    kernel and bias both U(+-1/sqrt(fan_in)), fan_in = in_channels * kh * kw. The bias bound
+    needs the input channels, so the bias initialiser is set when the layer is built."""
+
+    def build(self, input_shape):
+        bound = 1.0 / math.sqrt(input_shape[-1] * math.prod(self.kernel_size))
+        self.bias_initializer = keras.initializers.RandomUniform(-bound, bound)
+        super().build(input_shape)
 
 
 def conv(filters, kernel_size, strides, name="proj"):
-    """A "valid" Conv2D initialised as PyTorch's (padding, where needed, is explicit)."""
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="valid",
-        kernel_initializer=torch_conv_init(),
-        bias_initializer="zeros",
-        name=name,
-    )
+    """A "valid" TorchConv2D (padding, where needed, is explicit)."""
+    # kaiming_uniform(a=sqrt(5)): U(+-sqrt(6 / ((1 + 5) fan_in))) = U(+-1/sqrt(fan_in))
+    kernel_init = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+    return TorchConv2D(filters, kernel_size, strides=strides, padding="valid", kernel_initializer=kernel_init,
+                       name=name)
 
 
 @register
@@ -69,7 +82,20 @@ def join(prefix, name):
     return f"{prefix}.{name}" if prefix else name
 
 
-class TimmMapped:
+class SharedDtypePolicy:
+    """Mixin for layers made of sub-layers: each sub-layer assigned as an attribute takes the
+    outer layer's dtype policy, as Keras's own nested layers do. Without it a model saved under
+    `mixed_bfloat16` and loaded in a float32 process would mix bfloat16 and float32 tensors
+    (the outer layer's policy comes from its config, the sub-layers' from the global one)."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, keras.layers.Layer) and getattr(self, "_dtype_policy", None) is not None:
+            for layer in value._flatten_layers(include_self=True):  # its own sub-layers too
+                layer.dtype_policy = self.dtype_policy
+        super().__setattr__(name, value)
+
+
+class TimmMapped(SharedDtypePolicy):
     """Mixin: a layer that knows the timm state-dict names of its weights.
 
     `timm_children` names the sub-layers (attribute name == timm module name); the

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vitnt.layers.base import TimmMapped, conv, register
+from keras_vitnt.layers.base import TimmMapped, conv, register, timm_normal
 
 POS_EMBED_KINDS = ("learned_1d", "learned_2d", "sincos_2d", "none")
 
@@ -48,7 +48,8 @@ def unfold_patches(x, patch_size):
 
 @register
 class PatchEmbedding(TimmMapped, keras.layers.Layer):
-    """Conv2D with kernel = stride = P, flattened to (B, N, D) in row-major order."""
+    """Conv2D with kernel = stride = P, flattened to (B, N, D) in row-major order; initialised
+    as timm's `patch_embed.proj` (PyTorch's Conv2d default, see `TorchConv2D`)."""
 
     timm_children = ("proj",)
 
@@ -80,28 +81,27 @@ class PrefixTokens(keras.layers.Layer):
     """Prepends learned tokens: the class token, and DeiT's distillation token.
 
     `num_tokens=1` gives `[cls]`, `2` gives `[cls, dist]` as in timm's distilled DeiT.
-    `token_init_std` follows timm: 1e-6 for ViT's class token, 0.02 for DeiT and TNT.
+    Both start normal as in timm: `token_init_std` is the class token's std (1e-6 for ViT and
+    DeiT, 0.02 for TNT), `dist_token_init_std` the distillation token's (0.02).
     """
 
     TIMM_NAMES = ("cls_token", "dist_token")
     timm_root = True
 
-    def __init__(self, num_tokens=1, token_init_std=1e-6, **kwargs):
+    def __init__(self, num_tokens=1, token_init_std=1e-6, dist_token_init_std=0.02, **kwargs):
         super().__init__(**kwargs)
         if num_tokens not in (1, 2):
             raise ValueError(f"PrefixTokens: num_tokens must be 1 (class) or 2 (class + distillation), got {num_tokens}")
         self.num_tokens = int(num_tokens)
         self.token_init_std = float(token_init_std)
+        self.dist_token_init_std = float(dist_token_init_std)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         dim = input_shape[-1]
+        stds = (self.token_init_std, self.dist_token_init_std)
         self.tokens = [
-            self.add_weight(
-                shape=(1, 1, dim),
-                initializer=keras.initializers.TruncatedNormal(stddev=self.token_init_std),
-                name=self.TIMM_NAMES[i],
-            )
+            self.add_weight(shape=(1, 1, dim), initializer=timm_normal(stds[i]), name=self.TIMM_NAMES[i])
             for i in range(self.num_tokens)
         ]
 
@@ -120,20 +120,33 @@ class PrefixTokens(keras.layers.Layer):
             yield name, var, "identity"
 
     def get_config(self):
-        return {**super().get_config(), "num_tokens": self.num_tokens, "token_init_std": self.token_init_std}
+        return {
+            **super().get_config(),
+            "num_tokens": self.num_tokens,
+            "token_init_std": self.token_init_std,
+            "dist_token_init_std": self.dist_token_init_std,
+        }
 
 
-def sincos_2d(grid_size, dim, temperature=10000.0):
-    """Fixed 2-D sin-cos table (MoCo v3 / timm `build_sincos2d_pos_embed`), (gh*gw, dim)."""
+SINCOS_ORDERS = {"timm": ("sin_y", "sin_x", "cos_y", "cos_x"), "moco": ("sin_x", "cos_x", "sin_y", "cos_y")}
+
+
+def sincos_2d(grid_size, dim, temperature=10000.0, order="timm"):
+    """Fixed 2-D sin-cos table, (gh*gw, dim) in row-major patch order: timm's
+    `build_sincos2d_pos_embed(grid_size, dim)` with its defaults, i.e. channels
+    [sin y, sin x, cos y, cos x], each over dim/4 frequencies temperature**(-i / (dim/4)).
+    `order="moco"` ([sin x, cos x, sin y, cos y]) is what keras_vitnt 0.1.0 built; models saved
+    then keep it."""
     gh, gw = grid_size
     if dim % 4:
         raise ValueError(f"sincos_2d position embedding needs embed_dim divisible by 4, got {dim}")
     pos_dim = dim // 4
     omega = 1.0 / temperature ** (np.arange(pos_dim, dtype="float64") / pos_dim)
     yy, xx = np.meshgrid(np.arange(gh, dtype="float64"), np.arange(gw, dtype="float64"), indexing="ij")
-    out_x = xx.reshape(-1, 1) * omega[None]
     out_y = yy.reshape(-1, 1) * omega[None]
-    return np.concatenate([np.sin(out_x), np.cos(out_x), np.sin(out_y), np.cos(out_y)], axis=1).astype("float32")
+    out_x = xx.reshape(-1, 1) * omega[None]
+    parts = {"sin_y": np.sin(out_y), "sin_x": np.sin(out_x), "cos_y": np.cos(out_y), "cos_x": np.cos(out_x)}
+    return np.concatenate([parts[p] for p in SINCOS_ORDERS[order]], axis=1).astype("float32")
 
 
 @register
@@ -144,23 +157,28 @@ class PositionEmbedding(keras.layers.Layer):
       - "learned_1d": one learned table (1, prefix + N, D), as every timm checkpoint has.
       - "learned_2d": the ViT paper's 2-D variant: a row table (gh, D/2) and a column table
         (gw, D/2), concatenated per patch; prefix tokens get their own learned rows.
-      - "sincos_2d": fixed 2-D sin-cos (not trained); prefix tokens get zeros.
+      - "sincos_2d": fixed 2-D sin-cos, timm's `build_sincos2d_pos_embed` (not trained); prefix
+        tokens get zeros.
       - "none": adds nothing.
+    `sincos_order`: the sin-cos channel order ("timm"; "moco" only for models saved by 0.1.0).
     """
 
-    def __init__(self, grid_size, num_prefix_tokens=1, kind="learned_1d", **kwargs):
+    def __init__(self, grid_size, num_prefix_tokens=1, kind="learned_1d", sincos_order="timm", **kwargs):
         super().__init__(**kwargs)
         if kind not in POS_EMBED_KINDS:
             raise ValueError(f"PositionEmbedding: unknown kind {kind!r}; choose one of {POS_EMBED_KINDS}")
+        if sincos_order not in SINCOS_ORDERS:
+            raise ValueError(f"PositionEmbedding: sincos_order={sincos_order!r}; choose one of {tuple(SINCOS_ORDERS)}")
         self.grid_size = tuple(int(g) for g in grid_size)
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.kind = kind
+        self.sincos_order = sincos_order
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         dim = input_shape[-1]
         gh, gw = self.grid_size
-        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        init = timm_normal(0.02)  # timm's trunc_normal_(pos_embed, std=.02)
         if self.kind == "learned_1d":
             self.pos_embed = self.add_weight(
                 shape=(1, self.num_prefix_tokens + gh * gw, dim), initializer=init, name="pos_embed"
@@ -175,7 +193,7 @@ class PositionEmbedding(keras.layers.Layer):
                     shape=(1, self.num_prefix_tokens, dim), initializer=init, name="pos_embed_prefix"
                 )
         elif self.kind == "sincos_2d":
-            table = sincos_2d(self.grid_size, dim)
+            table = sincos_2d(self.grid_size, dim, order=self.sincos_order)
             table = np.concatenate([np.zeros((self.num_prefix_tokens, dim), "float32"), table])
             self._sincos = table[None]
 
@@ -219,7 +237,14 @@ class PositionEmbedding(keras.layers.Layer):
             "grid_size": self.grid_size,
             "num_prefix_tokens": self.num_prefix_tokens,
             "kind": self.kind,
+            "sincos_order": self.sincos_order,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        # a config without the key was saved by 0.1.0, whose sin-cos table had MoCo's order:
+        # the saved model keeps its numbers
+        return cls(**{"sincos_order": "moco", **config})
 
 
 @register

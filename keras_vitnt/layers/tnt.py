@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from keras_vitnt.layers.attention import TNTAttention, tokens_2d
-from keras_vitnt.layers.base import TimmMapped, conv, dense, layer_norm, register
+from keras_vitnt.layers.base import TimmMapped, conv, dense, layer_norm, register, timm_normal
 from keras_vitnt.layers.blocks import DropPath, Mlp, add_residual
 from keras_vitnt.layers.embedding import unfold_patches
 
@@ -53,7 +53,7 @@ class PixelEmbed(TimmMapped, keras.layers.Layer):
         self.proj.build((None, None, None, c))
         self.pixel_pos = self.add_weight(
             shape=(1, self.words, self.words, self.inner_dim),
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            initializer=timm_normal(0.02),  # timm's trunc_normal_(pixel_pos, std=.02)
             name="pixel_pos",
         )
 
