@@ -78,7 +78,7 @@ def cmd_predict(args):
     return 0
 
 
-def _load_model_arg(model_arg, weights):
+def _load_model_arg(model_arg, weights, include_top=True):
     """MODEL on the command line: a saved `.keras` model (fine-tuned) or a timm name."""
     import keras
 
@@ -86,9 +86,10 @@ def _load_model_arg(model_arg, weights):
 
     if model_arg.endswith(".keras"):
         if weights:
-            raise SystemExit("--weights applies to a timm model name, not to a saved .keras model")
+            raise ValueError("--weights applies to a timm model name, not to a saved .keras model")
         return keras.models.load_model(model_arg)
-    return keras_vitnt.create_model(model_arg, weights=None if weights == "none" else (weights or "imagenet"))
+    return keras_vitnt.create_model(model_arg, weights=None if weights == "none" else (weights or "imagenet"),
+                                    include_top=include_top)
 
 
 def cmd_export(args):
@@ -118,7 +119,9 @@ def cmd_export(args):
     else:
         stem = os.path.basename(args.model).removesuffix(".keras").split(".")[0]
         suffix = {"litert": f"{'_' + quant if quant else ''}.tflite", "onnx": ".onnx", "saved_model": "_saved_model"}
-        out = os.path.join("saved_models", stem + suffix[args.format])
+        # a saved model (a run's model.keras) exports beside itself: two runs never share one default path
+        folder = os.path.dirname(args.model) if args.model.endswith(".keras") else "saved_models"
+        out = os.path.join(folder, stem + suffix[args.format])
     representative = None
     if calibration:
         h, w = model.input_shape[1:3]
@@ -145,7 +148,8 @@ def cmd_visualize(args):
     if os.path.lexists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it, or another --out "
                               "(it was left untouched)")
-    model = _load_model_arg(args.model, args.weights)
+    # the maps come from the blocks: no head needed (so feature checkpoints such as .dino work too)
+    model = _load_model_arg(args.model, args.weights, include_top=False)
     h, w = model.input_shape[1:3]
     if h != w:
         raise ValueError("visualize loads square crops; build the model at a square input size")
@@ -231,8 +235,9 @@ def build_parser():
     q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx"])
     q.add_argument("--quantize", default=None, choices=["none", "float16", "dynamic_int8", "int8"])
     q.add_argument("--calibration", default=None, help="folder of images for int8 calibration")
-    q.add_argument("--out", default=None, help="destination (default: saved_models/<model>...)")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    q.add_argument("--out", default=None,
+                   help="destination (default: beside a .keras MODEL, e.g. <run>/model.tflite; else saved_models/...)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier keras_vitnt export there")
     q.set_defaults(func=cmd_export)
     q = add("train", help="fine-tune or train with the library's recipe (model.fit)")
     q.add_argument("--model", default="tnt_s_patch16_224", help="timm name, or vit:<variant> / tnt:<variant>")

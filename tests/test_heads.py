@@ -104,3 +104,18 @@ def test_predict_never_prints_labels_from_an_untrained_head():
     assert res.returncode == 1 and "random" in res.stderr and "n0" not in res.stdout
     res = run_cli("predict", "x.jpg", "--model", "vit_small_patch8_224.dino")
     assert res.returncode == 1 and "without a classifier head" in res.stderr and "n0" not in res.stdout
+
+
+def test_visualize_takes_a_feature_checkpoint(tmp_path):
+    """Attention maps need no head: a headless file works with the CLI (no random head built)."""
+    from PIL import Image
+
+    from test_cli import run_cli
+
+    tm = perturbed_timm_model("vit_tiny_patch16_224", num_classes=0)
+    path = save_checkpoint(tm, tmp_path / "features.safetensors")
+    Image.fromarray(np.full((64, 64, 3), 128, "uint8")).save(tmp_path / "grey.png")
+    res = run_cli("visualize", str(tmp_path / "grey.png"), "--model", "vit_tiny_patch16_224", "--weights", str(path),
+                  "--out", str(tmp_path / "rollout.png"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert Image.open(tmp_path / "rollout.png").size[0] > 100

@@ -310,9 +310,9 @@ for name in ("model.keras", "best.keras"):
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("LayerDecayAdamW 0.75 [1. 1.]") == 2, proc.stdout
-    exp = run_cli("export", str(out / "model.keras"), "--format", "litert", "--out", str(tmp_path / "m.tflite"))
+    exp = run_cli("export", str(out / "model.keras"), "--format", "litert")  # default: inside the run
     assert exp.returncode == 0, exp.stderr[-3000:]
-    assert (tmp_path / "m.tflite").is_file() and "parity" in exp.stdout
+    assert (out / "model.tflite").is_file() and (out / "model.tflite.json").is_file() and "parity" in exp.stdout
 
 
 # --- the demo ---------------------------------------------------------------------------
