@@ -467,6 +467,7 @@ def machine_line(threads):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="keras-vitnt benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--models", nargs="+", default=INFERENCE_MODELS, help="inference section ('resnet50' included)")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
@@ -497,6 +498,10 @@ def _is_benchmark_result(path):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if os.path.exists(args.out):
         if not args.overwrite:
             raise SystemExit(f"keras-vitnt benchmark: {args.out} exists; pass --overwrite to replace it or --out FILE")

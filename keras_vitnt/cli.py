@@ -61,7 +61,7 @@ def cmd_predict(args):
     ref = tag or info.default_tag
     size, crop_pct = info.arch["img_size"], (ref.crop_pct if ref else 0.9)
     # classes=None: the head is the weights' own (the builder refuses a headless file)
-    model = keras_vitnt.create_model(info.name, weights=weights)
+    model = keras_vitnt.create_model(info.name, weights=weights, mean=args.mean, std=args.std)
     images = load_images(args.images, size=size, crop_pct=crop_pct)
     probs = np.asarray(model.predict(images, verbose=0, batch_size=8))
     if has_class_names(probs.shape[1]):
@@ -78,18 +78,51 @@ def cmd_predict(args):
     return 0
 
 
-def _load_model_arg(model_arg, weights, include_top=True):
+def _load_model_arg(model_arg, weights, include_top=True, pooling=None, mean=None, std=None):
     """MODEL on the command line: a saved `.keras` model (fine-tuned) or a timm name."""
     import keras
 
     import keras_vitnt
 
     if model_arg.endswith(".keras"):
-        if weights:
-            raise ValueError("--weights applies to a timm model name, not to a saved .keras model")
+        if weights or mean or std or pooling:
+            raise ValueError("--weights, --mean, --std and --pooling apply to a timm model name, not to a saved "
+                             ".keras model (which holds its own)")
         return keras.models.load_model(model_arg)
-    return keras_vitnt.create_model(model_arg, weights=None if weights == "none" else (weights or "imagenet"),
-                                    include_top=include_top)
+    try:
+        return keras_vitnt.create_model(model_arg, weights=None if weights == "none" else (weights or "imagenet"),
+                                        include_top=include_top and pooling is None, pooling=pooling, mean=mean,
+                                        std=std)
+    except ValueError as e:
+        if "no classifier head" not in str(e):
+            raise
+        raise ValueError(f"{e}\nOn the command line: pass --pooling token (or avg) for the pooled features.") from e
+
+
+def _run_class_names(model_arg):
+    """The class names of a recipe run (summary.json beside its model.keras), for the sidecar."""
+    import json
+
+    summary = os.path.join(os.path.dirname(model_arg), "summary.json")
+    if not model_arg.endswith(".keras") or not os.path.isfile(summary):
+        return None
+    try:
+        with open(summary) as f:
+            classes = json.load(f).get("classes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return list(classes) if isinstance(classes, list) else None
+
+
+def _floats3(text):
+    """argparse type for --mean/--std: three comma-separated numbers."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: three comma-separated numbers for R,G,B, e.g. 0.485,0.456,0.406")
+    return values
 
 
 def cmd_export(args):
@@ -113,7 +146,7 @@ def cmd_export(args):
                              "model will see")
         # at most 200, spread evenly over the sorted list so that every class folder contributes
         calibration = calibration[:: -(-len(calibration) // 200)][:200]
-    model = _load_model_arg(args.model, args.weights)
+    model = _load_model_arg(args.model, args.weights, pooling=args.pooling, mean=args.mean, std=args.std)
     if args.out:
         out = args.out
     else:
@@ -131,7 +164,8 @@ def cmd_export(args):
         representative = load_images(calibration, size=h)
         print(f"int8 calibration on {len(calibration)} images from {args.calibration}")
     report = keras_vitnt.export(model, out, format=args.format, quantization=quant,
-                                representative_data=representative, overwrite=args.overwrite)
+                                representative_data=representative, overwrite=args.overwrite,
+                                class_names=_run_class_names(args.model))
     print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
     print(f"parity vs Keras on {report['samples']} samples: max relative error {report['max_relative_error']:.2e}, "
           f"top-1 agreement {report.get('top1_agreement', float('nan')):.2%}, correlation {report['correlation']:.6f}")
@@ -145,6 +179,8 @@ def cmd_visualize(args):
     from keras_vitnt.data import load_image
 
     # before the model loads; the PNG itself is written atomically (visualize.save_figure)
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out {args.out}: visualize writes a PNG; give a .png path")
     if os.path.lexists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it, or another --out "
                               "(it was left untouched)")
@@ -194,7 +230,7 @@ def cmd_train(args):
         label_smoothing=args.label_smoothing, layer_decay=args.layer_decay, drop_path_rate=args.drop_path_rate,
         image_size=args.image_size, augment=args.augment, flip=not args.no_flip, mixup=args.mixup,
         cutmix=args.cutmix, mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
-        overrides=overrides,
+        overrides=overrides, mean=args.mean, std=args.std,
     )
     result = train(cfg, verbose=2 if args.verbose else 1, overwrite=args.overwrite)
     if result.status == "finished":
@@ -219,17 +255,27 @@ def build_parser():
     def add(name, **kw):
         return sub.add_parser(name, parents=[common], **kw)
 
+    def add_normalisation(q):
+        q.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B",
+                       help="normalisation mean inside the model (RGB in 0..1), e.g. 0.485,0.456,0.406 for a DeiT "
+                            "file; default: the weights' tag, or the model's default weights for a file")
+        q.add_argument("--std", type=_floats3, default=None, metavar="R,G,B", help="normalisation std (with --mean)")
+
     q = add("list", help="registered models with their default tag, parameters and top-1")
     q.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit_*' or '*distilled*'")
     q.add_argument("--tags", action="store_true", help="one row per pretrained tag")
     q.set_defaults(func=cmd_list)
     q = add("predict", help="classify image files with a pretrained model")
+    add_normalisation(q)
     q.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     q.add_argument("--model", default="tnt_s_patch16_224", help="timm model name, optionally with .tag")
     q.add_argument("--weights", default=None, help="imagenet (default tag), a tag name, a checkpoint file, or none")
     q.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
     q.set_defaults(func=cmd_predict)
     q = add("export", help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
+    add_normalisation(q)
+    q.add_argument("--pooling", default=None, choices=["token", "avg"],
+                   help="export the pooled features instead of the classifier (feature checkpoints have no head)")
     q.add_argument("model", help="timm model name (optionally .tag) or a saved .keras model")
     q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
     q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx"])
@@ -240,6 +286,7 @@ def build_parser():
     q.add_argument("--overwrite", action="store_true", help="replace an earlier keras_vitnt export there")
     q.set_defaults(func=cmd_export)
     q = add("train", help="fine-tune or train with the library's recipe (model.fit)")
+    add_normalisation(q)
     q.add_argument("--model", default="tnt_s_patch16_224", help="timm name, or vit:<variant> / tnt:<variant>")
     q.add_argument("--weights", default="imagenet", help="imagenet, a tag, a checkpoint file, or none")
     q.add_argument("--data", default="digits", help="digits, tfds:NAME, or an image folder root/class/*.jpg")
@@ -297,10 +344,11 @@ def cmd_benchmark(args):
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["benchmark"]:  # its own parser takes every option, --help included
+    lead = [a for a in argv[:2] if a in ("-v", "--verbose")]
+    if argv[len(lead):len(lead) + 1] == ["benchmark"]:  # its own parser takes every option, --help and -v included
         from keras_vitnt.benchmark import main as benchmark_main
 
-        return benchmark_main(argv[1:])
+        return benchmark_main(argv[len(lead) + 1:] + lead)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from keras_vitnt.exporter import ExportParityError

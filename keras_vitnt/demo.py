@@ -8,11 +8,15 @@ pretrained TNT-S instead (slow on a CPU: 224x224 inputs).
 """
 
 import dataclasses
+import json
+import logging
 import os
 import shutil
 import time
 
 from keras_vitnt.io_utils import write_json, write_text
+
+log = logging.getLogger("keras_vitnt")
 from keras_vitnt.train import TrainConfig, train
 
 IMAGE_SIZE = 16
@@ -34,10 +38,23 @@ def demo_config(kind, out, epochs, **changes):
 DEMO_EPOCHS = {"vit": 40, "tnt": 30}
 
 
+REPORT_TITLE = "# keras_vitnt demo: ViT and TNT on handwritten digits"
 MARKER = "keras_vitnt_demo.json"  # written first: marks a folder as a demo run
 # what a demo run writes (top level); --overwrite removes exactly these
 DEMO_ENTRIES = (MARKER, "summary.json", "report.md", "tsne.png", "tnt_inner.png", "vit", "tnt", "vit.tflite",
                 "vit.tflite.json", "tnt.tflite", "tnt.tflite.json")
+
+
+def _is_legacy_demo(out):
+    """A demo run written before the marker file existed: its report's title and summary's keys."""
+    try:
+        with open(os.path.join(out, "report.md")) as f:
+            title = f.readline()
+        with open(os.path.join(out, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return title.startswith(REPORT_TITLE) and isinstance(summary, dict) and set(summary) == {"models", "figures"}
 
 
 def prepare_out(out, overwrite):
@@ -46,8 +63,7 @@ def prepare_out(out, overwrite):
     import glob
 
     if os.path.isdir(out) and os.listdir(out):
-        legacy = os.path.isfile(os.path.join(out, "report.md")) and os.path.isfile(os.path.join(out, "summary.json"))
-        if not os.path.isfile(os.path.join(out, MARKER)) and not legacy:
+        if not os.path.isfile(os.path.join(out, MARKER)) and not _is_legacy_demo(out):
             raise FileExistsError(
                 f"{out} exists and does not hold a keras_vitnt demo run (no {MARKER}); it was left untouched. "
                 "Choose another --out (or an empty folder)."
@@ -57,7 +73,10 @@ def prepare_out(out, overwrite):
         entries = [os.path.join(out, name) for name in DEMO_ENTRIES] + glob.glob(os.path.join(out, "rollout_*.png"))
         for path in entries:
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
+                if os.path.isfile(os.path.join(path, "run.json")) or os.path.isfile(os.path.join(path, "log.csv")):
+                    shutil.rmtree(path)  # the demo's training run
+                else:
+                    log.warning("%s is not a demo training run: left in place", path)
             elif os.path.lexists(path):
                 os.remove(path)
     elif os.path.exists(out) and not os.path.isdir(out):
@@ -129,7 +148,7 @@ def figures(out, trained, results):
 
 
 def write_report(out, results, figs=None):
-    lines = ["# keras_vitnt demo: ViT and TNT on handwritten digits", "",
+    lines = [REPORT_TITLE, "",
              "Trained from scratch with `keras_vitnt.train` on scikit-learn's digits (1,437 train / 360 test "
              f"images, 8x8 upscaled to {IMAGE_SIZE}x{IMAGE_SIZE} RGB), exported to LiteRT and checked in the "
              "interpreter.", "",

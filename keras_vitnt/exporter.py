@@ -324,7 +324,7 @@ def export(
         meta_tmp = os.path.join(tmp, SIDECAR) if format == "saved_model" else tmp + ".json"
         with open(meta_tmp, "w") as f:
             json.dump(meta, f, indent=1)
-        _move_into_place(tmp, path, meta_tmp if format != "saved_model" else None)
+        _move_into_place(tmp, path, meta_tmp if format != "saved_model" else None, format, overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("exported %s (%s, %s): %s", path, format, quantization or "fp32", _fmt_report(report))
@@ -358,15 +358,17 @@ def _is_our_export(path, format):
 
 
 def _check_destination(path, format, overwrite):
-    """Nothing the user made is replaced: an existing destination needs `overwrite=True` and
-    must be an earlier keras_vitnt export of the same format."""
-    if not os.path.lexists(path):
+    """Nothing the user made is replaced: an existing destination (or, for a file, its sidecar
+    name) needs `overwrite=True` and must be an earlier keras_vitnt export of the same format."""
+    sidecar = os.path.join(path, SIDECAR) if format == "saved_model" else path + ".json"
+    taken = [p for p in ((path,) if format == "saved_model" else (path, sidecar)) if os.path.lexists(p)]
+    if not taken:
         return
     if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it "
-                              "(it is left untouched)")
-    if os.path.isdir(path) != (format == "saved_model") or os.path.islink(path) or not _is_our_export(path, format):
-        sidecar = os.path.join(path, SIDECAR) if format == "saved_model" else path + ".json"
+        raise FileExistsError(f"{taken[0]} already exists; pass overwrite=True (--overwrite) to replace an earlier "
+                              "export there (it is left untouched)")
+    is_dir = os.path.isdir(path) and not os.path.islink(path)
+    if (os.path.lexists(path) and is_dir != (format == "saved_model")) or not _is_our_export(path, format):
         raise FileExistsError(
             f"{path} exists and is not a keras_vitnt {format} export (no {sidecar} written by keras_vitnt): "
             "overwrite only replaces the package's own exports. It was left untouched; choose another path or "
@@ -384,24 +386,41 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _move_into_place(tmp, path, meta_tmp):
-    """Atomic for files (os.replace); a directory replaces an old one via a rename aside. The old
-    sidecar goes first, so a crash in between leaves a file without a sidecar, never a file
-    with another file's sidecar (the sidecar's sha256 names its file as well)."""
+def _move_into_place(tmp, path, meta_tmp, format, overwrite):
+    """Atomic for files; a directory replaces an old export via a rename aside (and is put back if
+    the swap fails). The destination is checked again here, since the export took minutes: a
+    file that appeared meanwhile is never replaced without `overwrite` (a hard link is a rename
+    that refuses to clobber). An old sidecar goes first, so a crash in between leaves a file
+    without a sidecar, never a file with another file's sidecar (whose sha256 would not match)."""
+    _check_destination(path, format, overwrite)
     if os.path.isdir(tmp):
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
-            os.replace(path, os.path.join(old, "export"))
-        os.replace(tmp, path)
-        if old:
+        if not os.path.lexists(path):
+            os.rename(tmp, path)  # fails on a non-empty folder that appeared meanwhile
+            return
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+        os.replace(path, os.path.join(old, "export"))
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            os.replace(os.path.join(old, "export"), path)
+            raise
+        finally:
             shutil.rmtree(old, ignore_errors=True)
-    else:
-        if meta_tmp and os.path.exists(path + ".json"):
+        return
+    if overwrite:
+        if os.path.lexists(path + ".json"):
             os.remove(path + ".json")
         os.replace(tmp, path)
-    if meta_tmp:
         os.replace(meta_tmp, path + ".json")
+    else:
+        for src, dst in ((tmp, path), (meta_tmp, path + ".json")):
+            try:
+                os.link(src, dst)  # FileExistsError if dst appeared since the check
+                os.remove(src)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: the check above has to do
+                os.replace(src, dst)
 
 
 def _fmt_report(report):

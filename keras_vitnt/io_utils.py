@@ -35,6 +35,8 @@ def write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the file
     return path
 
 

@@ -43,7 +43,10 @@ def float32_copy(model):
         return layer.__class__.from_config(config)
 
     with dtype_policy("float32"):
-        copy = keras.models.clone_model(model, clone_function=clone)
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True)  # nested models too
+    if model_policies(copy) != ["float32"]:
+        raise ValueError(f"could not rebuild {model.name} in float32 for export (policies left: "
+                         f"{model_policies(copy)}); build it under the float32 policy and load its weights")
     copy.set_weights(model.get_weights())
     log.info("%s computes in %s: exporting its float32 copy (same weights)", model.name, ", ".join(policies))
     return copy

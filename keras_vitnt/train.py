@@ -55,6 +55,8 @@ class TrainConfig:
     seed: int = 0
     jit_compile: bool = True
     overrides: dict = dataclasses.field(default_factory=dict)  # timm-named architecture overrides
+    mean: tuple = None  # normalisation inside the model (RGB 0..1); default: the weights' (see ViT's docstring)
+    std: tuple = None
 
 
 # --- data ---------------------------------------------------------------------------
@@ -231,13 +233,13 @@ def build_model(cfg, num_classes, image_size):
     import keras_vitnt
 
     weights = None if cfg.weights in (None, "none") else cfg.weights
+    kw = dict(weights=weights, input_shape=(image_size, image_size, 3), classes=num_classes,
+              drop_path_rate=cfg.drop_path_rate, mean=cfg.mean, std=cfg.std, **cfg.overrides)
     if ":" in cfg.model and cfg.model.split(":")[0] in ("vit", "tnt"):  # "vit:Ti/4", "tnt:S"
         family, variant = cfg.model.split(":", 1)
         ctor = keras_vitnt.ViT if family == "vit" else keras_vitnt.TNT
-        return ctor(variant, weights=weights, input_shape=(image_size, image_size, 3), classes=num_classes,
-                    drop_path_rate=cfg.drop_path_rate, **cfg.overrides)
-    return keras_vitnt.create_model(cfg.model, weights=weights, input_shape=(image_size, image_size, 3),
-                                    classes=num_classes, drop_path_rate=cfg.drop_path_rate, **cfg.overrides)
+        return ctor(variant, **kw)
+    return keras_vitnt.create_model(cfg.model, **kw)
 
 
 def default_image_size(cfg):
@@ -262,7 +264,26 @@ EXECUTION_FIELDS = ("epochs", "out", "strategy", "jit_compile")
 
 def _json_config(cfg):
     config = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    return {k: (v if isinstance(v, (str, int, float, bool, dict, type(None))) else repr(v)) for k, v in config.items()}
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
+    return {k: (v if isinstance(v, (str, int, float, bool, dict, list, type(None))) else repr(v))
+            for k, v in config.items()}
+
+
+SUMMARY_KEYS = ("config", "epochs_run", "classes", "val_accuracy")
+
+
+def _is_legacy_run(out):
+    """A run written before run.json existed: its summary.json has a run's keys, or its backup
+    shows an interrupted run (BackupAndRestore's metadata beside a log)."""
+    try:
+        with open(os.path.join(out, "summary.json")) as f:
+            summary = json.load(f)
+        if isinstance(summary, dict) and all(k in summary for k in SUMMARY_KEYS):
+            return True
+    except (OSError, ValueError):
+        pass
+    return (os.path.isfile(os.path.join(out, "backup", "training_metadata.json"))
+            and os.path.isfile(os.path.join(out, "log.csv")))
 
 
 def _read_json(path):
@@ -286,7 +307,7 @@ def run_state(cfg, overwrite=False):
         raise FileExistsError(f"--out {out} is a file, not a run folder; choose another --out")
     marker = os.path.join(out, RUN_MARKER)
     legacy = os.path.join(out, "summary.json")  # runs written before run.json existed
-    if not os.path.isfile(marker) and not os.path.isfile(legacy):
+    if not os.path.isfile(marker) and not _is_legacy_run(out):
         raise FileExistsError(
             f"--out {out} exists and is not a keras_vitnt run folder (it has no {RUN_MARKER}); nothing in it was "
             "touched. Choose a new or empty folder for --out."
@@ -298,8 +319,8 @@ def run_state(cfg, overwrite=False):
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         log.info("--overwrite: removed the earlier run's %s from %s", ", ".join(removed), out)
         return "new"
-    stored = _read_json(marker if os.path.isfile(marker) else legacy)
-    stored = stored.get("config", {}) if "config" in stored else stored
+    stored = _read_json(marker) if os.path.isfile(marker) else (
+        _read_json(legacy).get("config", {}) if os.path.isfile(legacy) else {})
     current = _json_config(cfg)
     differ = sorted(k for k in current if k not in EXECUTION_FIELDS and k in stored and stored[k] != current[k])
     if differ:
@@ -310,7 +331,10 @@ def run_state(cfg, overwrite=False):
         )
     summary = os.path.join(out, "summary.json")
     if os.path.isfile(summary) and not os.path.isdir(os.path.join(out, "backup")):
-        return "finished" if _read_json(summary)["epochs_run"] >= cfg.epochs else "continue"
+        epochs_run = _read_json(summary).get("epochs_run")
+        if not isinstance(epochs_run, int):
+            raise ValueError(f"{summary} has no epochs_run: the run is damaged; pass --overwrite to train it again")
+        return "finished" if epochs_run >= cfg.epochs else "continue"
     return "resume"
 
 
@@ -345,20 +369,15 @@ def _finished_result(cfg, status="finished"):
                        summary["epochs_run"], list(summary["classes"]), status)
 
 
-def _restore_for_continuation(model, cfg):
-    """Weights and optimizer state (moments, step count) of the finished run into the freshly
-    compiled `model`, whose learning-rate schedule spans the new, larger number of epochs."""
-    import keras
-
-    old = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
-    model.set_weights(old.get_weights())
+def _copy_optimizer_state(model, old_optimizer, cfg):
+    """The finished run's optimizer state (moments, step count) into the freshly compiled
+    `model`'s optimizer, whose learning-rate schedule spans the new, larger number of epochs."""
     model.optimizer.build(model.trainable_variables)
-    new_vars, old_vars = model.optimizer.variables, old.optimizer.variables
+    new_vars, old_vars = model.optimizer.variables, old_optimizer.variables
     if [tuple(v.shape) for v in new_vars] != [tuple(v.shape) for v in old_vars]:
         raise ValueError(f"{cfg.out}/model.keras: its optimizer state does not fit this run; pass --overwrite")
     for new, value in zip(new_vars, old_vars):
         new.assign(value)
-    return int(_read_json(os.path.join(cfg.out, "summary.json"))["epochs_run"])
 
 
 def best_checkpoint(path, best=None):
@@ -416,9 +435,13 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
         strategy = get_strategy(cfg.strategy)
         initial_epoch = 0
         with strategy.scope():
-            # a continuation takes its weights from model.keras: no download, no checkpoint conversion
-            model = build_model(dataclasses.replace(cfg, weights="none") if state == "continue" else cfg,
-                                num_classes, image_size)
+            if state == "continue":
+                # the finished model itself (its weights, normalisation and head): no download, no conversion
+                model = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
+                old_optimizer = model.optimizer
+                initial_epoch = int(_read_json(os.path.join(cfg.out, "summary.json"))["epochs_run"])
+            else:
+                model = build_model(cfg, num_classes, image_size)
             depth = sum(1 for layer in model.layers if layer.name.startswith("blocks_"))
             model.compile(
                 optimizer=make_optimizer(cfg, steps, depth),
@@ -429,7 +452,7 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
                 and not isinstance(strategy, tf.distribute.TPUStrategy),
             )
             if state == "continue":
-                initial_epoch = _restore_for_continuation(model, cfg)
+                _copy_optimizer_state(model, old_optimizer, cfg)
         earlier = read_log(os.path.join(cfg.out, "log.csv")).get("val_accuracy")
         callbacks = [
             # the backup stays until summary.json is written, so a crash in between still resumes
@@ -459,7 +482,12 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
     write_json(os.path.join(cfg.out, "summary.json"), summary)
     import shutil
 
-    shutil.rmtree(os.path.join(cfg.out, "backup"), ignore_errors=True)
+    try:
+        shutil.rmtree(os.path.join(cfg.out, "backup"))
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a leftover backup would make the next re-run resume instead of reporting "finished"
+        log.warning("could not remove %s (%s); delete it by hand", os.path.join(cfg.out, "backup"), e)
     status = {"new": "trained", "resume": "resumed", "continue": "continued"}[state]
     return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"], list(class_names), status)
 

@@ -119,3 +119,21 @@ def test_visualize_takes_a_feature_checkpoint(tmp_path):
                   "--out", str(tmp_path / "rollout.png"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert Image.open(tmp_path / "rollout.png").size[0] > 100
+
+
+def test_cli_export_of_a_feature_checkpoint_takes_pooling_and_mean_std(tmp_path):
+    import json
+
+    from test_cli import run_cli
+
+    tm = perturbed_timm_model("vit_tiny_patch16_224", num_classes=0)
+    path = save_checkpoint(tm, tmp_path / "features.safetensors")
+    res = run_cli("export", "vit_tiny_patch16_224", "--weights", str(path), "--out", str(tmp_path / "f.tflite"))
+    assert res.returncode == 1 and "--pooling token" in res.stderr and not (tmp_path / "f.tflite").exists()
+    res = run_cli("export", "vit_tiny_patch16_224", "--weights", str(path), "--pooling", "token", "--mean",
+                  "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--out", str(tmp_path / "f.tflite"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((tmp_path / "f.tflite.json").read_text())
+    assert meta["output"] == "features" and meta["output_shape"] == [192]
+    np.testing.assert_allclose(meta["mean"], IMAGENET[0]) and np.testing.assert_allclose(meta["std"], IMAGENET[1])
+    assert run_cli("export", "vit_tiny_patch16_224", "--mean", "0.5,0.5").returncode == 2  # three values

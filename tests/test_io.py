@@ -106,3 +106,43 @@ def test_benchmark_overwrite_replaces_only_a_benchmark_result(tmp_path):
     with pytest.raises(SystemExit, match="not a keras_vitnt benchmark result"):
         benchmark.main(["--out", str(out), "--overwrite"])
     assert out.read_text() == "my own notes\n"
+
+
+def test_a_mixed_precision_backbone_inside_a_users_model_exports_in_float32(tmp_path):
+    """float32_copy reaches nested models: a bf16 keras_vitnt backbone wrapped in the user's model."""
+    from keras_vitnt.precision import dtype_policy, float32_copy, model_policies
+
+    with dtype_policy("mixed_bfloat16"):
+        backbone = keras_vitnt.ViT("Ti/4", weights=None, input_shape=(16, 16, 3), include_top=False,
+                                   pooling="token", depth=1, embed_dim=48, num_heads=3)
+        inputs = keras.Input((16, 16, 3))
+        model = keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(backbone(inputs)))
+    copy = float32_copy(model)
+    assert "mixed_bfloat16" in model_policies(model) and model_policies(copy) == ["float32"]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    with dtype_policy("float32"):
+        reference = keras.models.clone_model(copy)
+    reference.set_weights(model.get_weights())
+    np.testing.assert_allclose(copy.predict_on_batch(x), reference.predict_on_batch(x), rtol=1e-6)
+    report = keras_vitnt.export(model, tmp_path / "m.tflite", sample_data=x)
+    assert report["max_relative_error"] < 1e-4
+
+
+def test_a_sidecar_name_taken_by_a_user_file_is_refused(tmp_path):
+    (tmp_path / "m.tflite.json").write_text('{"mine": true}')
+    with pytest.raises(FileExistsError, match="m.tflite.json already exists"):
+        keras_vitnt.export(tiny(), tmp_path / "m.tflite")
+    assert sorted(os.listdir(tmp_path)) == ["m.tflite.json"]
+    assert json.loads((tmp_path / "m.tflite.json").read_text()) == {"mine": True}
+
+
+def test_demo_overwrite_does_not_mistake_a_users_folder_for_an_old_demo(tmp_path):
+    from keras_vitnt import demo
+
+    (tmp_path / "report.md").write_text("# my report\n")
+    (tmp_path / "summary.json").write_text('{"models": {}, "figures": null}')
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "mine.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="does not hold a keras_vitnt demo run"):
+        demo.prepare_out(str(tmp_path), overwrite=True)
+    assert (tmp_path / "vit" / "mine.txt").read_text() == "mine" and (tmp_path / "summary.json").exists()

@@ -1,6 +1,7 @@
 """The fine-tuning recipe: accuracy floors on the bundled digits, fine-tuning from a
 checkpoint file, resuming a killed run, MirroredStrategy, bf16, the notebook, the CLI."""
 
+import functools
 import logging
 import os
 import subprocess
@@ -241,20 +242,26 @@ def _fingerprint(folder):
             for name in ("model.keras", "best.keras", "log.csv", "summary.json")}
 
 
+NORM = ((0.4, 0.45, 0.5), (0.25, 0.3, 0.35))
+
+
 def test_rerun_of_a_finished_run_loses_nothing_and_a_larger_epochs_continues_it(tmp_path):
     out = tmp_path / "run"
-    first = train(small_cfg(out, epochs=1), verbose=0)
+    small_cfg_norm = functools.partial(small_cfg, mean=NORM[0], std=NORM[1])
+    first = train(small_cfg_norm(out, epochs=1), verbose=0)
     assert first.status == "trained" and first.epochs_run == 1
+    assert tuple(first.model.get_layer("preprocess").mean) == NORM[0]
     before = _fingerprint(out)
-    again = train(small_cfg(out, epochs=1), verbose=0)
+    again = train(small_cfg_norm(out, epochs=1), verbose=0)
     assert again.status == "finished" and again.epochs_run == 1
     assert _fingerprint(out) == before  # nothing retrained or rewritten
     assert again.val_accuracy == first.val_accuracy
     x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(again.model.predict_on_batch(x), first.model.predict_on_batch(x), atol=1e-6)
 
-    more = train(small_cfg(out, epochs=2), verbose=0)
+    more = train(small_cfg_norm(out, epochs=2), verbose=0)
     assert more.status == "continued" and more.epochs_run == 2
+    assert tuple(more.model.get_layer("preprocess").mean) == NORM[0]  # the run's own normalisation kept
     assert read_log(str(out / "log.csv"))["epoch"] == [0.0, 1.0]
     with open(out / "log.csv") as f:
         assert len(f.read().strip().splitlines()) == 1 + 2  # header + one row per epoch, none twice
@@ -279,10 +286,11 @@ def test_a_folder_that_is_not_a_run_is_never_touched(tmp_path):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "model.keras").write_text("the user's own file")
+    (out / "summary.json").write_text('{"models": {}, "figures": null}')  # e.g. the demo's, or the user's own
     for overwrite in (False, True):
         with pytest.raises(FileExistsError, match="not a keras_vitnt run folder"):
             train(small_cfg(out, epochs=1), verbose=0, overwrite=overwrite)
-    assert sorted(p.name for p in out.iterdir()) == ["model.keras"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "summary.json"]
     assert (out / "model.keras").read_text() == "the user's own file"
 
 
