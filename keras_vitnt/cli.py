@@ -324,7 +324,7 @@ def build_parser():
     q.set_defaults(func=cmd_visualize)
     q = add("demo", help="offline demo: train a ViT and a TNT on digits, export to LiteRT")
     q.add_argument("--out", default="saved_models/demo")
-    q.add_argument("--epochs", type=int, default=None, help="for both models (default: 40 ViT, 30 TNT)")
+    q.add_argument("--epochs", type=int, default=None, help="for both models (default: 40 ViT, 45 TNT)")
     q.add_argument("--weights", default="none", help="none (from scratch) or imagenet (fine-tune TNT-S)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     q.set_defaults(func=cmd_demo)

@@ -23,7 +23,7 @@ IMAGE_SIZE = 16
 COMMON = dict(data="digits", weights="none", image_size=IMAGE_SIZE, batch_size=64, lr=3e-3, warmup_epochs=2,
               weight_decay=0.05, label_smoothing=0.1, drop_path_rate=0.05, augment="none", flip=False)
 DEMO_MODELS = {
-    "vit": dict(model="vit:Ti/4", overrides=dict(embed_dim=96, depth=4, num_heads=3)),
+    "vit": dict(model="vit:Ti/4", lr=1e-3, overrides=dict(embed_dim=96, depth=4, num_heads=3)),
     "tnt": dict(model="tnt:S", overrides=dict(patch_size=4, first_stride=2, embed_dim=96, inner_dim=16, depth=4,
                                               num_heads_outer=3, num_heads_inner=2)),
 }
@@ -34,8 +34,12 @@ def demo_config(kind, out, epochs, **changes):
                           **changes})
 
 
-# epochs per model: the ViT reaches 0.950 after 30 and 0.961 after 40, the TNT 0.967 after 30
-DEMO_EPOCHS = {"vit": 40, "tnt": 30}
+# Test accuracy over seeds 0, 1, 2 (TrainConfig.seed: init, shuffling and the train/test split), 2-core AMD EPYC:
+#   ViT lr 3e-3, 40 epochs: 0.961 0.956 0.967    ViT lr 1e-3, 40 epochs: 0.994 0.978 0.967  <- chosen
+#   TNT lr 3e-3, 30 epochs: 0.956 0.956 0.961    TNT lr 3e-3, 45 epochs: 0.969 0.964 0.964  <- chosen
+#   (TNT with lr 1e-3 / 2e-3 / 5e-3 did worse: 0.933-0.950, 0.947, 0.81-0.92)
+# The goal is 0.95 on any CPU and seed: the worst seed clears it by 0.014 or more.
+DEMO_EPOCHS = {"vit": 40, "tnt": 45}
 
 
 REPORT_TITLE = "# keras_vitnt demo: ViT and TNT on handwritten digits"

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 
 from keras_vitnt.io_utils import save_model, write_json, write_text
 from keras_vitnt.optimizers import LayerDecayAdamW, layer_id  # noqa: F401  (layer_id: public here too)
@@ -298,8 +299,6 @@ def run_state(cfg, overwrite=False):
     """What `train` does with `cfg.out`: "new", "resume" (interrupted), "continue" (finished, more
     epochs asked) or "finished". Refuses (FileExistsError) a folder that is not a run, and a run
     made with other settings unless `overwrite`; with `overwrite`, removes only the run's own files."""
-    import shutil
-
     out = cfg.out
     if not os.path.exists(out) or (os.path.isdir(out) and not os.listdir(out)):
         return "new"
@@ -480,8 +479,6 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
                "val_accuracy": val_accuracy, "epochs_run": len(history.get("epoch", [])),
                "params": int(model.count_params())}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
-    import shutil
-
     try:
         shutil.rmtree(os.path.join(cfg.out, "backup"))
     except FileNotFoundError:
