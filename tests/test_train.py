@@ -140,6 +140,14 @@ print("REPLICAS", strategy.num_replicas_in_sync, "LOSS", r.history["loss"][-1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("REPLICAS"))
     assert line.split()[1] == "2" and np.isfinite(float(line.split()[3]))
+    # what MirroredStrategy saved loads in a new process with plain Keras after `import keras_vitnt`
+    load = f"""
+import numpy as np, keras, keras_vitnt
+m = keras.models.load_model({str(tmp_path / "run" / "model.keras")!r})
+print("OUT", m.predict_on_batch(np.zeros((1, 16, 16, 3), "float32")).shape)
+"""
+    proc = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OUT (1, 10)" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_notebook_runs_its_documented_path_offline(tmp_path):
