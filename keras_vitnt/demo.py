@@ -11,10 +11,9 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 
-from keras_vitnt.io_utils import write_json, write_text
+from keras_vitnt.io_utils import remove, write_json, write_text
 
 log = logging.getLogger("keras_vitnt")
 from keras_vitnt.train import TrainConfig, train
@@ -76,13 +75,11 @@ def prepare_out(out, overwrite):
             raise FileExistsError(f"{out} holds an earlier demo run; pass --overwrite to replace it")
         entries = [os.path.join(out, name) for name in DEMO_ENTRIES] + glob.glob(os.path.join(out, "rollout_*.png"))
         for path in entries:
-            if os.path.isdir(path) and not os.path.islink(path):
-                if os.path.isfile(os.path.join(path, "run.json")) or os.path.isfile(os.path.join(path, "log.csv")):
-                    shutil.rmtree(path)  # the demo's training run
-                else:
-                    log.warning("%s is not a demo training run: left in place", path)
+            is_folder = os.path.isdir(path) and not os.path.islink(path)
+            if is_folder and not any(os.path.isfile(os.path.join(path, f)) for f in ("run.json", "log.csv")):
+                log.warning("%s is not a demo training run: left in place", path)
             elif os.path.lexists(path):
-                os.remove(path)
+                remove(path)  # a file of the demo's, or its training run
     elif os.path.exists(out) and not os.path.isdir(out):
         raise FileExistsError(f"--out {out} is a file; the demo needs a folder")
     os.makedirs(out, exist_ok=True)

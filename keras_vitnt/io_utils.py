@@ -9,6 +9,7 @@ temporary names are random (unique across processes and threads), not the pid.
 import contextlib
 import json
 import os
+import shutil
 import uuid
 
 
@@ -49,3 +50,11 @@ def save_model(model, path):
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
     return path
+
+
+def remove(path):
+    """Delete a file, link or folder tree that the package wrote (callers decide what is theirs)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 
-from keras_vitnt.io_utils import save_model, write_json, write_text
+from keras_vitnt.io_utils import remove, save_model, write_json, write_text
 from keras_vitnt.optimizers import LayerDecayAdamW, layer_id  # noqa: F401  (layer_id: public here too)
 
 log = logging.getLogger("keras_vitnt")
@@ -314,8 +314,7 @@ def run_state(cfg, overwrite=False):
     if overwrite:
         removed = [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))]
         for name in removed:
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            remove(os.path.join(out, name))
         log.info("--overwrite: removed the earlier run's %s from %s", ", ".join(removed), out)
         return "new"
     stored = _read_json(marker) if os.path.isfile(marker) else (
@@ -359,13 +358,13 @@ def _resume_log(out):
         write_text(path, buf.getvalue())
 
 
-def _finished_result(cfg, status="finished"):
+def _finished_result(cfg):
     import keras
 
     summary = _read_json(os.path.join(cfg.out, "summary.json"))
     model = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
     return TrainResult(model, read_log(os.path.join(cfg.out, "log.csv")), summary["val_accuracy"], cfg.out,
-                       summary["epochs_run"], list(summary["classes"]), status)
+                       summary["epochs_run"], list(summary["classes"]), "finished")
 
 
 def _copy_optimizer_state(model, old_optimizer, cfg):

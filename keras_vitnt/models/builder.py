@@ -127,7 +127,7 @@ def build(
 
         state_dict, interpolation = read_weights_file(wvalue, family=family)
     if include_top:
-        classes = _head_classes(classes, kind, wvalue, state_dict, include_top)
+        classes = _head_classes(classes, kind, wvalue, state_dict)
 
     if input_tensor is None:
         h, w = arch["img_size"]
@@ -187,12 +187,10 @@ def build(
         from keras_vitnt.weights.hub import load_pretrained
 
         load_pretrained(model, tag, family)
-    elif state_dict is not None:
-        from keras_vitnt.weights.convert import load_state_dict
-
-        load_state_dict(model, state_dict, family=family, source=repr(wvalue), pos_interpolation=interpolation)
     elif kind == "file":
-        model.load_weights(wvalue)
+        from keras_vitnt.weights.convert import load_weights_file
+
+        load_weights_file(model, wvalue, family=family, checkpoint=(state_dict, interpolation))
     return model
 
 
@@ -207,7 +205,7 @@ def _checkpoint_classes(kind, wvalue, state_dict):
     return None
 
 
-def _head_classes(classes, kind, wvalue, state_dict, include_top):
+def _head_classes(classes, kind, wvalue, state_dict):
     """timm's rule: without `classes`, the head is the checkpoint's."""
     ckpt = _checkpoint_classes(kind, wvalue, state_dict)
     if classes is not None:

@@ -403,13 +403,14 @@ def read_weights_file(path, *, family):
     return read_state_dict(path), interpolation
 
 
-def load_weights_file(model, path, *, family):
-    """Load any supported weights file into the model (format from the extension)."""
+def load_weights_file(model, path, *, family, checkpoint=None):
+    """Load any supported weights file into the model (format from the extension).
+    `checkpoint`: the file's `read_weights_file` result when the caller has read it already."""
     path = os.fspath(path)
     if path.endswith(".weights.h5"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file {path!r} does not exist")
         model.load_weights(path)
         return None
-    state_dict, interpolation = read_weights_file(path, family=family)
+    state_dict, interpolation = checkpoint or read_weights_file(path, family=family)
     return load_state_dict(model, state_dict, family=family, source=repr(path), pos_interpolation=interpolation)
