@@ -3,6 +3,19 @@ Keras 3, numerically identical to timm, in the style of keras.applications.
 
 The layers and the recipe's optimizers are imported (and so registered for
 `keras.models.load_model`) with the package; the constructors and weight tools on first use.
+Because of that registration, `import keras_vitnt` imports Keras and its backend
+(TensorFlow); so does `list_models()`.
+
+Where things live (each package imports only those listed before it):
+
+  layers/    Keras layers. Sub-layer attributes and layer names mirror timm's module names
+             (`blocks_3` holds `attn.qkv`), but the layers know nothing of checkpoints.
+  weights/   checkpoint reading, the hub and its cache, resampling, and `timm_map.py`: the
+             one table of which timm tensor is which Keras weight (and in which layout).
+  models/    one typed config per architecture (`config.py`), the registry of timm names,
+             the resolver of the `weights` argument, the trunks, the builder, the constructors.
+  exporter, train, visualize, benchmark, demo   use models/ and weights/
+  cli        the `keras-vitnt` command, over all of the above
 """
 
 import importlib

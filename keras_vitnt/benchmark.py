@@ -113,13 +113,13 @@ def keras_model(name, policy=None, weights=None, include_preprocessing=False):
     output, built under `policy` ("mixed_bfloat16") if given."""
     import keras
 
-    import keras_vitnt
+    from keras_vitnt.models import create_model
 
     with dtype_policy(policy):
         if name == "resnet50":
             return keras.applications.ResNet50(weights=None, classifier_activation=None)
-        return keras_vitnt.create_model(name, weights=weights, include_preprocessing=include_preprocessing,
-                                        classifier_activation=None)
+        return create_model(name, weights=weights, include_preprocessing=include_preprocessing,
+                            classifier_activation=None)
 
 
 def torch_model(name):
@@ -342,8 +342,9 @@ def bench_memory(models, batch, threads):
 def bench_litert(models, threads, rounds):
     from ai_edge_litert.interpreter import Interpreter
 
-    import keras_vitnt
     from keras_vitnt.data.samples import photo_crops
+    from keras_vitnt.exporter import export
+    from keras_vitnt.models import create_model
 
     lines = [
         "| model | runtime | ms / image | speed-up vs LiteRT fp32 | file MB | max rel. error vs Keras | correlation |",
@@ -351,12 +352,12 @@ def bench_litert(models, threads, rounds):
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            model = keras_vitnt.create_model(name, weights=None, classifier_activation=None)
+            model = create_model(name, weights=None, classifier_activation=None)
             x = photo_crops(1, model.input_shape[1])
             runners, info = {"keras": lambda: model.predict_on_batch(x)}, {}
             for q in QUANTS:
                 path = os.path.join(tmp, f"{name}_{q}.tflite")
-                info[q or "fp32"] = keras_vitnt.export(model, path, quantization=q)
+                info[q or "fp32"] = export(model, path, quantization=q)
                 interp = Interpreter(model_path=path, num_threads=threads)
                 interp.allocate_tensors()
                 inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]

@@ -15,7 +15,7 @@ def cmd_list(args):
         info = registry.REGISTRY[name]
         tags = info.tags or ()
         # parameters as timm counts them: with the default weights' head (none for headless tags)
-        params = registry.count_params(info.family, info.arch, classes=tags[0].num_classes if tags else 1000)
+        params = info.config.count_params(classes=tags[0].num_classes if tags else 1000)
         if not args.tags:
             tags = tags[:1]
         if not tags:
@@ -33,44 +33,99 @@ def cmd_list(args):
     return 0
 
 
+DEFAULT_MODEL = "tnt_s_patch16_224"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _model_and_inputs(args, default=None):
+    """(MODEL, the command's other positionals). MODEL comes first, or with --model (the older
+    spelling). predict and visualize keep their default model: without --model, a first
+    positional that is an image (a file other than .keras, or a name with an image extension)
+    is an input."""
+    takes_inputs = hasattr(args, "inputs")
+    inputs, first = list(getattr(args, "inputs", None) or []), args.model
+    if args.model_option:
+        if first is not None and takes_inputs:
+            inputs.insert(0, first)  # with --model, every positional is an input
+        elif first is not None and first != args.model_option:
+            raise ValueError(f"MODEL given twice: {first} and --model {args.model_option}; give one")
+        return args.model_option, inputs
+    if first and takes_inputs and default and _is_image_path(first):
+        return default, [first, *inputs]
+    if first or default:
+        return first or default, inputs
+    raise ValueError("give MODEL: a timm name (keras-vitnt list), <family>:<variant>, or a .keras model / run "
+                     "folder")
+
+
+def _is_image_path(path):
+    return path.lower().endswith(IMAGE_EXTS) or (os.path.isfile(path) and not path.endswith(".keras"))
+
+
+def _saved_model_path(model_arg):
+    """A saved model on the command line: a .keras file, or a run folder (its model.keras); None for a name."""
+    if model_arg.endswith(".keras"):
+        return model_arg
+    if os.path.isdir(model_arg):
+        path = os.path.join(model_arg, "model.keras")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{model_arg} is a folder without model.keras: pass a training run folder, a "
+                                    ".keras file or a timm model name")
+        return path
+    return None
+
+
+def _load_model_arg(model_arg, weights, include_top=True, pooling=None, mean=None, std=None):
+    """MODEL on the command line (see registry.MODEL_NAME_RULE) -> a Keras model."""
+    import keras
+
+    from keras_vitnt.models import create_model
+
+    saved = _saved_model_path(model_arg)
+    if saved:
+        if weights or mean or std or pooling:
+            raise ValueError("--weights, --mean, --std and --pooling apply to a timm model name, not to a saved "
+                             ".keras model (which holds its own)")
+        return keras.models.load_model(saved)
+    try:
+        return create_model(model_arg, weights=weights or "imagenet", include_top=include_top and pooling is None,
+                            pooling=pooling, mean=mean, std=std)
+    except ValueError as e:
+        if "no classifier head" not in str(e):
+            raise
+        raise ValueError(f"{e}\nOn the command line: pass --pooling token (or avg) for the pooled features.") from e
+
+
 def cmd_predict(args):
-    """Classify image files with a registered model and print the top classes."""
+    """Classify image files with a registered model (or a fine-tuned one) and print the top classes."""
     import numpy as np
 
-    import keras_vitnt
     from keras_vitnt.data import decode_predictions, load_images
     from keras_vitnt.data.imagenet import has_class_names
-    from keras_vitnt.models import registry
+    from keras_vitnt.models.resolve import DEFAULT_CROP_PCT
 
-    info = registry.get_model_info(args.model)
-    _, name_tag = registry.split_name(args.model)
-    weights = args.weights or name_tag or "imagenet"
-    if weights == "imagenet":
-        tag = info.default_tag
-    elif any(t.tag == weights for t in info.tags):
-        tag = info.get_tag(weights)
-    else:  # a file, or "none": crop as the default weights were evaluated
-        tag = None
-    if weights == "none":
-        raise ValueError("predict shows what trained weights see; --weights none would print classes from a random "
-                         "head. Pass imagenet, a tag or a checkpoint file.")
-    if tag is not None and tag.num_classes == 0:
-        with_head = [t.tag for t in info.tags if t.num_classes]
-        raise ValueError(f"{tag.hub_id} is a feature checkpoint without a classifier head, so there is nothing to "
-                         f"predict. Tags of {info.name} with a head: {', '.join(with_head) or 'none'}.")
-    ref = tag or info.default_tag
-    size, crop_pct = info.arch["img_size"], (ref.crop_pct if ref else 0.9)
-    # classes=None: the head is the weights' own (the builder refuses a headless file)
-    model = keras_vitnt.create_model(info.name, weights=weights, mean=args.mean, std=args.std)
-    images = load_images(args.images, size=size, crop_pct=crop_pct)
-    probs = np.asarray(model.predict(images, verbose=0, batch_size=8))
-    if has_class_names(probs.shape[1]):
+    model_arg, images = _model_and_inputs(args, DEFAULT_MODEL)
+    if not images:
+        raise ValueError("give the image files after MODEL: keras-vitnt predict MODEL IMAGE [IMAGE ...]")
+    saved = _saved_model_path(model_arg)
+    if saved:
+        model = _load_model_arg(model_arg, args.weights, mean=args.mean, std=args.std)
+        size, crop_pct, what = model.input_shape[1], DEFAULT_CROP_PCT, f"model {saved}"
+        class_names = _run_class_names(saved)
+    else:
+        model, size, crop_pct, what = _pretrained_classifier(model_arg, args)
+        class_names = None
+    probs = np.asarray(model.predict(load_images(images, size=size, crop_pct=crop_pct), verbose=0, batch_size=8))
+    if class_names and len(class_names) == probs.shape[1]:
+        order = np.argsort(-probs, axis=1)[:, : args.top]
+        decoded = [[(class_names[i], "", float(row[i])) for i in idx] for row, idx in zip(probs, order)]
+    elif has_class_names(probs.shape[1]):
         decoded = decode_predictions(probs, top=args.top)
     else:
         order = np.argsort(-probs, axis=1)[:, : args.top]
         decoded = [[(f"class {i}", "", float(row[i])) for i in idx] for row, idx in zip(probs, order)]
-    print(f"model {info.name}, weights {tag.hub_id if tag else weights}, input {size}x{size} (crop_pct {crop_pct})")
-    for path, rows in zip(args.images, decoded):
+    print(f"{what}, input {size}x{size} (crop_pct {crop_pct})")
+    for path, rows in zip(images, decoded):
         print(f"\n{path}")
         print(f"  {'rank':<5}{'class':<11}{'score':>8}  description")
         for rank, (wnid, desc, score) in enumerate(rows, 1):
@@ -78,29 +133,30 @@ def cmd_predict(args):
     return 0
 
 
-def _load_model_arg(model_arg, weights, include_top=True, pooling=None, mean=None, std=None):
-    """MODEL on the command line: a saved `.keras` model (fine-tuned) or a timm name."""
-    import keras
+def _pretrained_classifier(model_arg, args):
+    """-> (model, input size, crop_pct, description) for a timm name; refuses weights without a trained head."""
+    from keras_vitnt.models import create_model
+    from keras_vitnt.models.registry import parse_model_name
+    from keras_vitnt.models.resolve import resolve_weights
 
-    import keras_vitnt
-
-    if model_arg.endswith(".keras"):
-        if weights or mean or std or pooling:
-            raise ValueError("--weights, --mean, --std and --pooling apply to a timm model name, not to a saved "
-                             ".keras model (which holds its own)")
-        return keras.models.load_model(model_arg)
-    try:
-        return keras_vitnt.create_model(model_arg, weights=None if weights == "none" else (weights or "imagenet"),
-                                        include_top=include_top and pooling is None, pooling=pooling, mean=mean,
-                                        std=std)
-    except ValueError as e:
-        if "no classifier head" not in str(e):
-            raise
-        raise ValueError(f"{e}\nOn the command line: pass --pooling token (or avg) for the pooled features.") from e
+    spec = parse_model_name(model_arg)
+    weights = resolve_weights(args.weights or (spec.tag.tag if spec.tag else "imagenet"), spec.config, spec.info)
+    if weights.kind == "none":
+        raise ValueError("predict shows what trained weights see; --weights none would print classes from a random "
+                         "head. Pass imagenet, a tag or a checkpoint file.")
+    if weights.kind == "tag" and weights.num_classes == 0:
+        with_head = [t.tag for t in spec.info.tags if t.num_classes]
+        raise ValueError(f"{weights.tag.hub_id} is a feature checkpoint without a classifier head, so there is nothing "
+                         f"to predict. Tags of {spec.info.name} with a head: {', '.join(with_head) or 'none'}.")
+    # classes=None: the head is the weights' own (the builder refuses a headless file)
+    model = create_model(model_arg, weights=weights.tag.tag if weights.tag else weights.path, mean=args.mean,
+                         std=args.std)
+    return model, weights.input_size, weights.crop_pct, f"model {spec.name}, weights {weights.description}"
 
 
 def _run_class_names(model_arg):
-    """The class names of a recipe run (summary.json beside its model.keras), for the sidecar."""
+    """The class names of a recipe run (summary.json beside its model.keras): predict's labels, the export's
+    sidecar."""
     import json
 
     summary = os.path.join(os.path.dirname(model_arg), "summary.json")
@@ -127,34 +183,15 @@ def _floats3(text):
 
 def cmd_export(args):
     """Export a model and print the parity report of the exported file."""
-    import keras_vitnt
     from keras_vitnt.data import load_images
+    from keras_vitnt.exporter import export
 
+    model_arg, _ = _model_and_inputs(args)
     quant = None if args.quantize in (None, "none") else args.quantize
-    calibration = []
-    if args.calibration:  # checked before the model loads (which may download weights)
-        if quant != "int8":
-            raise ValueError(f"--calibration is for --quantize int8 (full integer), not {quant or 'fp32'}")
-        if not os.path.isdir(args.calibration):
-            raise FileNotFoundError(f"--calibration {args.calibration}: no such folder")
-        exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-        calibration = sorted(os.path.join(d, f) for d, _, names in os.walk(args.calibration) for f in names
-                             if f.lower().endswith(exts) and not f.startswith("."))
-        if not calibration:
-            raise ValueError(f"--calibration {args.calibration}: no images found (looked for {', '.join(exts)} "
-                             "files in the folder and its subfolders); pass a folder of images like those the "
-                             "model will see")
-        # at most 200, spread evenly over the sorted list so that every class folder contributes
-        calibration = calibration[:: -(-len(calibration) // 200)][:200]
-    model = _load_model_arg(args.model, args.weights, pooling=args.pooling, mean=args.mean, std=args.std)
-    if args.out:
-        out = args.out
-    else:
-        stem = os.path.basename(args.model).removesuffix(".keras").split(".")[0]
-        suffix = {"litert": f"{'_' + quant if quant else ''}.tflite", "onnx": ".onnx", "saved_model": "_saved_model"}
-        # a saved model (a run's model.keras) exports beside itself: two runs never share one default path
-        folder = os.path.dirname(args.model) if args.model.endswith(".keras") else "saved_models"
-        out = os.path.join(folder, stem + suffix[args.format])
+    calibration = _calibration_images(args.calibration, quant)  # checked before the model loads (or downloads)
+    model = _load_model_arg(model_arg, args.weights, pooling=args.pooling, mean=args.mean, std=args.std)
+    saved = _saved_model_path(model_arg)
+    out = args.out or _default_export_path(saved or model_arg, args.format, quant, saved is not None)
     representative = None
     if calibration:
         h, w = model.input_shape[1:3]
@@ -163,14 +200,42 @@ def cmd_export(args):
                              "representative_data= to keras_vitnt.export in Python instead")
         representative = load_images(calibration, size=h)
         print(f"int8 calibration on {len(calibration)} images from {args.calibration}")
-    report = keras_vitnt.export(model, out, format=args.format, quantization=quant,
-                                representative_data=representative, overwrite=args.overwrite,
-                                class_names=_run_class_names(args.model))
+    report = export(model, out, format=args.format, quantization=quant,
+                    representative_data=representative, overwrite=args.overwrite,
+                    class_names=_run_class_names(saved) if saved else None)
     print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
     print(f"parity vs Keras on {report['samples']} samples: max relative error {report['max_relative_error']:.2e}, "
           f"top-1 agreement {report.get('top1_agreement', float('nan')):.2%}, correlation {report['correlation']:.6f}")
     print(f"metadata: {report['path'] + ('/keras_vitnt.json' if args.format == 'saved_model' else '.json')}")
     return 0
+
+
+def _calibration_images(folder, quant):
+    """The --calibration images: at most 200, spread evenly over the sorted list so that every class folder
+    contributes."""
+    if not folder:
+        return []
+    if quant != "int8":
+        raise ValueError(f"--calibration is for --quantize int8 (full integer), not {quant or 'fp32'}")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--calibration {folder}: no such folder")
+    images = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
+                    if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
+    if not images:
+        raise ValueError(f"--calibration {folder}: no images found (looked for {', '.join(IMAGE_EXTS)} files in the "
+                         "folder and its subfolders); pass a folder of images like those the model will see")
+    return images[:: -(-len(images) // 200)][:200]
+
+
+def _default_export_path(model_arg, fmt, quant, saved):
+    """A saved model (a run's model.keras) exports beside itself, inside its run: two runs never share one
+    default path. A timm name exports to saved_models/<name>."""
+    if saved:
+        stem = os.path.basename(model_arg).removesuffix(".keras").split(".")[0]
+    else:
+        stem = model_arg.split(".")[0].replace(":", "_").replace("/", "_")
+    suffix = {"litert": f"{'_' + quant if quant else ''}.tflite", "onnx": ".onnx", "saved_model": "_saved_model"}
+    return os.path.join(os.path.dirname(model_arg) if saved else "saved_models", stem + suffix[fmt])
 
 
 def cmd_visualize(args):
@@ -184,12 +249,15 @@ def cmd_visualize(args):
     if os.path.lexists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it, or another --out "
                               "(it was left untouched)")
+    model_arg, inputs = _model_and_inputs(args, DEFAULT_MODEL)
+    if len(inputs) != 1:
+        raise ValueError("give one IMAGE after MODEL: keras-vitnt visualize MODEL IMAGE")
     # the maps come from the blocks: no head needed (so feature checkpoints such as .dino work too)
-    model = _load_model_arg(args.model, args.weights, include_top=False)
+    model = _load_model_arg(model_arg, args.weights, include_top=False, mean=args.mean, std=args.std)
     h, w = model.input_shape[1:3]
     if h != w:
         raise ValueError("visualize loads square crops; build the model at a square input size")
-    image = load_image(args.image, size=h)
+    image = load_image(inputs[0], size=h)
     if args.kind == "rollout":
         vz.overlay(image, vz.attention_rollout(model, image), args.out, title="attention rollout")
     elif args.kind == "attention":
@@ -223,9 +291,13 @@ def cmd_train(args):
 
     from keras_vitnt.train import TrainConfig, train
 
+    model_arg, _ = _model_and_inputs(args, DEFAULT_MODEL)
+    if _saved_model_path(model_arg):
+        raise ValueError(f"train starts from a timm name or <family>:<variant>, not {model_arg}: to continue a run, "
+                         "pass its folder as --out with a larger --epochs")
     overrides = _json.loads(args.overrides) if args.overrides else {}
     cfg = TrainConfig(
-        model=args.model, weights=args.weights, data=args.data, out=args.out, epochs=args.epochs,
+        model=model_arg, weights=args.weights or "imagenet", data=args.data, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing, layer_decay=args.layer_decay, drop_path_rate=args.drop_path_rate,
         image_size=args.image_size, augment=args.augment, flip=not args.no_flip, mixup=args.mixup,
@@ -244,51 +316,56 @@ def cmd_train(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="keras-vitnt", description="ViT, DeiT and TNT for Keras 3, identical to timm.")
+    from keras_vitnt.models.registry import MODEL_NAME_RULE
+
+    p = argparse.ArgumentParser(prog="keras-vitnt", description="ViT, DeiT and TNT for Keras 3, identical to timm.",
+                                epilog=MODEL_NAME_RULE)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level and show tracebacks of errors")
     # -v also after the subcommand; SUPPRESS keeps a -v given before it
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log at INFO level and show tracebacks of errors")
+    # MODEL and its weights, for every command that builds or loads a model
+    model_opts = argparse.ArgumentParser(add_help=False)
+    model_opts.add_argument("--model", dest="model_option", default=None, metavar="MODEL",
+                            help="MODEL as an option (the same as giving it first)")
+    model_opts.add_argument("--weights", default=None,
+                            help="imagenet (the default tag), a tag name, a checkpoint file (.safetensors, .pth, .bin, "
+                                 ".npz, .weights.h5), or none")
+    model_opts.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B",
+                            help="normalisation mean inside the model (RGB in 0..1), e.g. 0.485,0.456,0.406 for a DeiT "
+                                 "file; default: the weights' tag, or the model's default weights for a file")
+    model_opts.add_argument("--std", type=_floats3, default=None, metavar="R,G,B",
+                            help="normalisation std (with --mean)")
     sub = p.add_subparsers(dest="command", required=True)
+    model_help = f"the model ({DEFAULT_MODEL} when the first argument is an image file)"
 
-    def add(name, **kw):
-        return sub.add_parser(name, parents=[common], **kw)
-
-    def add_normalisation(q):
-        q.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B",
-                       help="normalisation mean inside the model (RGB in 0..1), e.g. 0.485,0.456,0.406 for a DeiT "
-                            "file; default: the weights' tag, or the model's default weights for a file")
-        q.add_argument("--std", type=_floats3, default=None, metavar="R,G,B", help="normalisation std (with --mean)")
+    def add(name, with_model=False, **kw):
+        q = sub.add_parser(name, parents=[common, model_opts] if with_model else [common], epilog=MODEL_NAME_RULE
+                           if with_model else None, **kw)
+        q.set_defaults(func=globals()[f"cmd_{name}"])
+        return q
 
     q = add("list", help="registered models with their default tag, parameters and top-1")
     q.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit_*' or '*distilled*'")
     q.add_argument("--tags", action="store_true", help="one row per pretrained tag")
-    q.set_defaults(func=cmd_list)
-    q = add("predict", help="classify image files with a pretrained model")
-    add_normalisation(q)
-    q.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    q.add_argument("--model", default="tnt_s_patch16_224", help="timm model name, optionally with .tag")
-    q.add_argument("--weights", default=None, help="imagenet (default tag), a tag name, a checkpoint file, or none")
+    q = add("predict", with_model=True, help="classify image files with a pretrained or fine-tuned model")
+    q.add_argument("model", nargs="?", metavar="MODEL", help=model_help)
+    q.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     q.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
-    q.set_defaults(func=cmd_predict)
-    q = add("export", help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
-    add_normalisation(q)
+    q = add("export", with_model=True, help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
+    q.add_argument("model", nargs="?", metavar="MODEL", help="the model to export")
     q.add_argument("--pooling", default=None, choices=["token", "avg"],
                    help="export the pooled features instead of the classifier (feature checkpoints have no head)")
-    q.add_argument("model", help="timm model name (optionally .tag) or a saved .keras model")
-    q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
     q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx"])
     q.add_argument("--quantize", default=None, choices=["none", "float16", "dynamic_int8", "int8"])
     q.add_argument("--calibration", default=None, help="folder of images for int8 calibration")
-    q.add_argument("--out", default=None,
-                   help="destination (default: beside a .keras MODEL, e.g. <run>/model.tflite; else saved_models/...)")
+    q.add_argument("--out", default=None, help="destination (default: inside the run for a run folder or .keras "
+                                               "MODEL, e.g. <run>/model.tflite; else saved_models/<name>.tflite)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier keras_vitnt export there")
-    q.set_defaults(func=cmd_export)
-    q = add("train", help="fine-tune or train with the library's recipe (model.fit)")
-    add_normalisation(q)
-    q.add_argument("--model", default="tnt_s_patch16_224", help="timm name, or vit:<variant> / tnt:<variant>")
-    q.add_argument("--weights", default="imagenet", help="imagenet, a tag, a checkpoint file, or none")
+    q = add("train", with_model=True, help="fine-tune or train with the library's recipe (model.fit)")
+    q.add_argument("model", nargs="?", metavar="MODEL",
+                   help=f"timm name or <family>:<variant> (default {DEFAULT_MODEL}); --weights defaults to imagenet")
     q.add_argument("--data", default="digits", help="digits, tfds:NAME, or an image folder root/class/*.jpg")
     q.add_argument("--out", default="saved_models/run",
                    help="run folder: re-running resumes an interrupted run, shows a finished one, or continues it "
@@ -312,22 +389,19 @@ def build_parser():
     q.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "tpu", "none"])
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--overrides", default=None, help='architecture overrides as JSON, e.g. \'{"depth": 4}\'')
-    q.set_defaults(func=cmd_train)
-    q = add("visualize", help="attention rollout, attention heads, TNT inner maps or features as a PNG")
-    q.add_argument("image")
-    q.add_argument("--model", default="tnt_s_patch16_224", help="timm name (optionally .tag) or a .keras model")
-    q.add_argument("--weights", default=None, help="imagenet (default), a tag, a checkpoint file, or none")
+    q = add("visualize", with_model=True,
+            help="attention rollout, attention heads, TNT inner maps or features as a PNG")
+    q.add_argument("model", nargs="?", metavar="MODEL", help=model_help)
+    q.add_argument("inputs", nargs="*", metavar="IMAGE", help="the image")
     q.add_argument("--kind", default="rollout", choices=["rollout", "attention", "tnt-inner", "features"])
     q.add_argument("--block", type=int, default=-1, help="block for attention / tnt-inner / features")
     q.add_argument("--out", default="attention.png", help="PNG to write (default attention.png)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    q.set_defaults(func=cmd_visualize)
     q = add("demo", help="offline demo: train a ViT and a TNT on digits, export to LiteRT")
     q.add_argument("--out", default="saved_models/demo")
     q.add_argument("--epochs", type=int, default=None, help="for both models (default: 40 ViT, 45 TNT)")
     q.add_argument("--weights", default="none", help="none (from scratch) or imagenet (fine-tune TNT-S)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
-    q.set_defaults(func=cmd_demo)
     q = sub.add_parser("benchmark", add_help=False,  # its own parser takes every option
                        help="speed, memory and bf16 accuracy next to timm (keras-vitnt benchmark --help)")
     q.add_argument("options", nargs=argparse.REMAINDER)

@@ -89,7 +89,7 @@ def prepare_out(out, overwrite):
 def run(out="saved_models/demo", epochs=None, overwrite=False, weights="none", verbose=1):
     """Run the demo; returns {kind: results}, also written to `out/summary.json`.
     `epochs` (default: DEMO_EPOCHS per model) applies to both models when given."""
-    import keras_vitnt
+    from keras_vitnt.exporter import export
 
     prepare_out(out, overwrite)
     kinds = ["tnt"] if weights != "none" else ["vit", "tnt"]
@@ -109,8 +109,8 @@ def run(out="saved_models/demo", epochs=None, overwrite=False, weights="none", v
         from keras_vitnt.data.digits import load_digits
 
         (_, _), (x_test, _) = load_digits(size=res.model.input_shape[1])
-        report = keras_vitnt.export(res.model, os.path.join(out, f"{kind}.tflite"), sample_data=x_test[:64],
-                                    class_names=res.class_names, overwrite=True)
+        report = export(res.model, os.path.join(out, f"{kind}.tflite"), sample_data=x_test[:64],
+                        class_names=res.class_names, overwrite=True)
         print(f"{kind.upper()}: LiteRT {report['size_bytes'] / 1e6:.2f} MB, max relative error "
               f"{report['max_relative_error']:.1e}, top-1 agreement {report['top1_agreement']:.2%} on 64 test digits",
               flush=True)

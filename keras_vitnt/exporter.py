@@ -14,6 +14,8 @@ earlier export of this package (its sidecar says so). A mixed-precision model is
 its float32 copy (same weights): LiteRT's builtin ops and ONNX have no bfloat16 kernels.
 """
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -260,6 +262,45 @@ def export(
         FileExistsError, ValueError on bad arguments; ExportParityError when an fp32
         artifact is off by more than 1e-4 relative (the file is not written).
     """
+    target = _validated_target(path, format, quantization, overwrite, batch_size)
+
+    from keras_vitnt.precision import float32_copy, model_policies
+
+    policies = model_policies(model)
+    model = float32_copy(model)  # LiteRT builtins and ONNX have no bfloat16 kernels
+    io = model_io(model)
+    samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model)
+    if target.quantization == "int8" and representative_data is None:
+        # calibration never sees the images the parity report scores
+        representative_data = default_samples(model, n=32, skip=0 if sample_data is not None else len(samples))
+        log.info("int8 calibration on 32 crops of the bundled sample photos; pass representative_data "
+                 "drawn from your own data for a better calibration")
+
+    with _work_dir(target.path) as tmp:
+        _write_artifact(model, tmp, target, representative_data)
+        report = _check_parity(model, tmp, target, samples)
+        meta = {**io, "model": model.name, "source_dtype_policies": policies,
+                "class_names": _class_names(class_names, io), "report": report}
+        meta_tmp = _write_sidecar(tmp, target.format, meta)
+        _move_into_place(tmp, target.path, meta_tmp, target.format, target.overwrite)
+    log.info("exported %s (%s, %s): %s", target.path, target.format, target.quantization or "fp32",
+             _fmt_report(report))
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """The checked destination and settings of one export."""
+
+    path: str  # absolute
+    format: str
+    quantization: object
+    batch_size: object  # an int, or None for a dynamic batch
+    overwrite: bool
+
+
+def _validated_target(path, format, quantization, overwrite, batch_size):
+    """`export`'s arguments checked (ValueError, FileExistsError) before any model work starts."""
     path = os.path.abspath(os.fspath(path))
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: choose one of {FORMATS}")
@@ -275,60 +316,64 @@ def export(
         batch_size = 1 if format == "litert" else None
     elif batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r}: a positive integer, or None for a dynamic batch")
+    return _Target(path, format, quantization, batch_size, overwrite)
 
-    from keras_vitnt.precision import float32_copy, model_policies
 
-    policies = model_policies(model)
-    model = float32_copy(model)  # LiteRT builtins and ONNX have no bfloat16 kernels
-    io = model_io(model)
-    samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model)
-    if quantization == "int8" and representative_data is None:
-        # calibration never sees the images the parity report scores
-        representative_data = default_samples(model, n=32, skip=0 if sample_data is not None else len(samples))
-        log.info("int8 calibration on 32 crops of the bundled sample photos; pass representative_data "
-                 "drawn from your own data for a better calibration")
-
+@contextlib.contextmanager
+def _work_dir(path):
+    """Yields a temporary path beside `path` (same file system, so the final move is a rename);
+    the temporary folder goes whatever happens."""
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
-        tmp = os.path.join(work, os.path.basename(path))
-        if format == "saved_model":
-            _write_saved_model(model, tmp, batch_size)
-        elif format == "onnx":
-            _write_onnx(model, tmp, batch_size)
-        else:
-            _write_litert(model, tmp, quantization, representative_data, batch_size)
-
-        reference = np.asarray(model.predict(samples, verbose=0, batch_size=8))
-        report = {
-            "path": path,
-            "format": format,
-            "quantization": quantization,
-            "size_bytes": _size(tmp),
-            **parity_report(reference, RUNNERS[format](tmp, samples)),
-        }
-        if format == "litert":
-            report["ops"] = litert_ops(tmp)
-        if quantization is None and report["max_relative_error"] > FP32_TOLERANCE:
-            raise ExportParityError(
-                f"the exported {format} model differs from the Keras model by {report['max_relative_error']:.2e} "
-                f"(relative, > {FP32_TOLERANCE:g}); nothing was written to {path}",
-                report,
-            )
-
-        meta = {**io, "model": model.name, "source_dtype_policies": policies,
-                "class_names": _class_names(class_names, io), "report": report}
-        if format != "saved_model":  # ties the sidecar to the file it describes
-            meta["sha256"] = _sha256(tmp)
-        meta_tmp = os.path.join(tmp, SIDECAR) if format == "saved_model" else tmp + ".json"
-        with open(meta_tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-        _move_into_place(tmp, path, meta_tmp if format != "saved_model" else None, format, overwrite)
+        yield os.path.join(work, os.path.basename(path))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("exported %s (%s, %s): %s", path, format, quantization or "fp32", _fmt_report(report))
+
+
+def _write_artifact(model, tmp, target, representative_data):
+    """Converts `model` into `target`'s format at `tmp`."""
+    if target.format == "saved_model":
+        _write_saved_model(model, tmp, target.batch_size)
+    elif target.format == "onnx":
+        _write_onnx(model, tmp, target.batch_size)
+    else:
+        _write_litert(model, tmp, target.quantization, representative_data, target.batch_size)
+
+
+def _check_parity(model, tmp, target, samples):
+    """The artifact at `tmp` run on `samples` beside the Keras model -> the export's report;
+    ExportParityError for an fp32 artifact off by more than FP32_TOLERANCE."""
+    reference = np.asarray(model.predict(samples, verbose=0, batch_size=8))
+    report = {
+        "path": target.path,
+        "format": target.format,
+        "quantization": target.quantization,
+        "size_bytes": _size(tmp),
+        **parity_report(reference, RUNNERS[target.format](tmp, samples)),
+    }
+    if target.format == "litert":
+        report["ops"] = litert_ops(tmp)
+    if target.quantization is None and report["max_relative_error"] > FP32_TOLERANCE:
+        raise ExportParityError(
+            f"the exported {target.format} model differs from the Keras model by "
+            f"{report['max_relative_error']:.2e} (relative, > {FP32_TOLERANCE:g}); nothing was written to "
+            f"{target.path}",
+            report,
+        )
     return report
+
+
+def _write_sidecar(tmp, format, meta):
+    """Writes `meta` as the sidecar of the artifact at `tmp`: inside a SavedModel directory (it
+    moves with it; returns None), else `<tmp>.json` (returned, to be moved beside the file)."""
+    if format != "saved_model":  # ties the sidecar to the file it describes
+        meta["sha256"] = _sha256(tmp)
+    meta_tmp = os.path.join(tmp, SIDECAR) if format == "saved_model" else tmp + ".json"
+    with open(meta_tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta_tmp if format != "saved_model" else None
 
 
 def _size(path):

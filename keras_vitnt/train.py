@@ -13,6 +13,7 @@
   stopped), CSV + TensorBoard logs, a training-curve PNG and a summary JSON in `out`.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -231,26 +232,26 @@ class TrainResult:
 
 
 def build_model(cfg, num_classes, image_size):
-    import keras_vitnt
+    """The model `cfg.model` names (a timm name or "<family>:<variant>", see
+    registry.MODEL_NAME_RULE) at `image_size`, with a `num_classes` head."""
+    from keras_vitnt.models import create_model
 
-    weights = None if cfg.weights in (None, "none") else cfg.weights
-    kw = dict(weights=weights, input_shape=(image_size, image_size, 3), classes=num_classes,
-              drop_path_rate=cfg.drop_path_rate, mean=cfg.mean, std=cfg.std, **cfg.overrides)
-    if ":" in cfg.model and cfg.model.split(":")[0] in ("vit", "tnt"):  # "vit:Ti/4", "tnt:S"
-        family, variant = cfg.model.split(":", 1)
-        ctor = keras_vitnt.ViT if family == "vit" else keras_vitnt.TNT
-        return ctor(variant, **kw)
-    return keras_vitnt.create_model(cfg.model, **kw)
+    return create_model(cfg.model, weights=cfg.weights, input_shape=(image_size, image_size, 3), classes=num_classes,
+                        drop_path_rate=cfg.drop_path_rate, mean=cfg.mean, std=cfg.std, **cfg.overrides)
 
 
 def default_image_size(cfg):
+    """`cfg.image_size`, else the input size of the weights (of the model's default weights for a file)."""
+    from keras_vitnt.models.registry import parse_model_name
+    from keras_vitnt.models.resolve import resolve_weights
+
     if cfg.image_size:
         return cfg.image_size
-    if ":" in cfg.model:
+    spec = parse_model_name(cfg.model)
+    if spec.info is None:
         raise ValueError(f"model {cfg.model!r}: pass image_size (e.g. 32)")
-    from keras_vitnt.models import registry
-
-    return registry.get_model_info(cfg.model).arch["img_size"]
+    weights = spec.tag.tag if spec.tag and cfg.weights == "imagenet" else cfg.weights
+    return resolve_weights(weights, spec.config, spec.info).input_size
 
 
 # --- the run folder ----------------------------------------------------------------
@@ -406,7 +407,6 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
     settings, or a folder that is not a run, is refused. `overwrite=True` replaces an earlier
     run (removing only the files a run writes)."""
     import keras
-    import tensorflow as tf
 
     state = run_state(cfg, overwrite)
     if state == "finished":
@@ -414,78 +414,146 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
         return _finished_result(cfg)
     keras.utils.set_random_seed(cfg.seed)
     image_size = default_image_size(cfg)
+    _prepare_folder(cfg, state)
+    with _global_dtype_policy(cfg.mixed_precision) as policy:
+        data = _datasets(cfg, image_size)
+        model, initial_epoch = _compiled_model(cfg, state, data, image_size)
+        callbacks = _callbacks(cfg, extra_callbacks)
+        log.info("training %s on %s: %d classes, %d steps/epoch, epochs %d..%d, %s", model.name, cfg.data,
+                 len(data.class_names), data.steps, initial_epoch, cfg.epochs, policy or "float32")
+        model.fit(data.train, validation_data=data.val, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=verbose)
+    return _finish(cfg, state, model, data, image_size)
+
+
+@dataclasses.dataclass
+class _Data:
+    """A run's batched input pipelines."""
+
+    train: object
+    val: object
+    class_names: list
+    steps: int  # per epoch
+
+
+def _prepare_folder(cfg, state):
+    """Creates `cfg.out` and marks it as a run (run.json), or trims a resumed run's log."""
     os.makedirs(cfg.out, exist_ok=True)
     if not os.path.isfile(os.path.join(cfg.out, RUN_MARKER)):
         write_json(os.path.join(cfg.out, RUN_MARKER), _json_config(cfg))
     elif state == "resume":
         _resume_log(cfg.out)
-    policy = mixed_precision_policy(cfg.mixed_precision)
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(name):
+    """Keras's global dtype policy set to the mixed-precision policy `name` asks for (yielded;
+    None for float32) inside the block, and the previous one restored after it."""
+    import keras
+
+    policy = mixed_precision_policy(name)
     previous_policy = keras.config.dtype_policy()
     if policy:
         keras.mixed_precision.set_global_policy(policy)
     try:
-        train_raw, val_raw, class_names = load_data(cfg.data, image_size, cfg.val_fraction, cfg.seed)
-        num_classes = len(class_names)
-        train_ds, val_ds = pipelines(train_raw, val_raw, num_classes, cfg, image_size)
-        steps = int(train_ds.cardinality().numpy())
-        if steps <= 0:
-            steps = max(1, int(sum(1 for _ in train_raw) // cfg.batch_size))
-        strategy = get_strategy(cfg.strategy)
-        initial_epoch = 0
-        with strategy.scope():
-            if state == "continue":
-                # the finished model itself (its weights, normalisation and head): no download, no conversion
-                model = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
-                old_optimizer = model.optimizer
-                initial_epoch = int(_read_json(os.path.join(cfg.out, "summary.json"))["epochs_run"])
-            else:
-                model = build_model(cfg, num_classes, image_size)
-            depth = sum(1 for layer in model.layers if layer.name.startswith("blocks_"))
-            model.compile(
-                optimizer=make_optimizer(cfg, steps, depth),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                # XLA per replica on one device; TPUs compile on their own
-                jit_compile=cfg.jit_compile and strategy.num_replicas_in_sync == 1
-                and not isinstance(strategy, tf.distribute.TPUStrategy),
-            )
-            if state == "continue":
-                _copy_optimizer_state(model, old_optimizer, cfg)
-        earlier = read_log(os.path.join(cfg.out, "log.csv")).get("val_accuracy")
-        callbacks = [
-            # the backup stays until summary.json is written, so a crash in between still resumes
-            keras.callbacks.BackupAndRestore(os.path.join(cfg.out, "backup"), delete_checkpoint=False),
-            best_checkpoint(os.path.join(cfg.out, "best.keras"), best=max(earlier) if earlier else None),
-            keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
-            *extra_callbacks,
-        ]
-        if _has_tensorboard():
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False))
-        else:
-            log.info("tensorboard is not installed: CSV log only (pip install tensorboard for TensorBoard logs)")
-        log.info("training %s on %s: %d classes, %d steps/epoch, epochs %d..%d, %s", model.name, cfg.data,
-                 num_classes, steps, initial_epoch, cfg.epochs, policy or "float32")
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=verbose)
+        yield policy
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
+
+def _datasets(cfg, image_size):
+    """`cfg.data` loaded and turned into the training and validation pipelines."""
+    train_raw, val_raw, class_names = load_data(cfg.data, image_size, cfg.val_fraction, cfg.seed)
+    train_ds, val_ds = pipelines(train_raw, val_raw, len(class_names), cfg, image_size)
+    steps = int(train_ds.cardinality().numpy())
+    if steps <= 0:
+        steps = max(1, int(sum(1 for _ in train_raw) // cfg.batch_size))
+    return _Data(train_ds, val_ds, class_names, steps)
+
+
+def _compiled_model(cfg, state, data, image_size):
+    """The model, compiled in the run's distribution strategy -> (model, initial epoch): a new one,
+    or, to continue a finished run, that run's model with its optimizer state."""
+    import keras
+
+    strategy = get_strategy(cfg.strategy)
+    with strategy.scope():
+        if state == "continue":
+            # the finished model itself (its weights, normalisation and head): no download, no conversion
+            model = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
+            old_optimizer = model.optimizer
+            initial_epoch = int(_read_json(os.path.join(cfg.out, "summary.json"))["epochs_run"])
+        else:
+            model = build_model(cfg, len(data.class_names), image_size)
+            initial_epoch = 0
+        _compile(model, cfg, data.steps, strategy)
+        if state == "continue":
+            _copy_optimizer_state(model, old_optimizer, cfg)
+    return model, initial_epoch
+
+
+def _compile(model, cfg, steps_per_epoch, strategy):
+    """The recipe's optimizer, loss and metric; call inside `strategy.scope()`."""
+    import keras
+    import tensorflow as tf
+
+    depth = sum(1 for layer in model.layers if layer.name.startswith("blocks_"))
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch, depth),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        # XLA per replica on one device; TPUs compile on their own
+        jit_compile=cfg.jit_compile and strategy.num_replicas_in_sync == 1
+        and not isinstance(strategy, tf.distribute.TPUStrategy),
+    )
+
+
+def _callbacks(cfg, extra_callbacks):
+    """Backup, best checkpoint (from the best val_accuracy already logged), CSV log, the caller's
+    callbacks, and TensorBoard where it is installed."""
+    import keras
+
+    earlier = read_log(os.path.join(cfg.out, "log.csv")).get("val_accuracy")
+    callbacks = [
+        # the backup stays until summary.json is written, so a crash in between still resumes
+        keras.callbacks.BackupAndRestore(os.path.join(cfg.out, "backup"), delete_checkpoint=False),
+        best_checkpoint(os.path.join(cfg.out, "best.keras"), best=max(earlier) if earlier else None),
+        keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
+        *extra_callbacks,
+    ]
+    if _has_tensorboard():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(cfg.out, "tensorboard"), write_graph=False))
+    else:
+        log.info("tensorboard is not installed: CSV log only (pip install tensorboard for TensorBoard logs)")
+    return callbacks
+
+
+def _finish(cfg, state, model, data, image_size):
+    """Final evaluation; model.keras, curves.png and summary.json written, then the backup
+    removed -> the TrainResult."""
     history = read_log(os.path.join(cfg.out, "log.csv"))
-    val_accuracy = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
+    val_accuracy = float(model.evaluate(data.val, verbose=0, return_dict=True)["accuracy"])
     save_model(model, os.path.join(cfg.out, "model.keras"))
     plot_curves(history, os.path.join(cfg.out, "curves.png"), title=f"{model.name} on {cfg.data}")
-    summary = {"config": _json_config(cfg), "image_size": image_size, "classes": class_names,
+    summary = {"config": _json_config(cfg), "image_size": image_size, "classes": data.class_names,
                "val_accuracy": val_accuracy, "epochs_run": len(history.get("epoch", [])),
                "params": int(model.count_params())}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
+    _remove_backup(cfg.out)
+    status = {"new": "trained", "resume": "resumed", "continue": "continued"}[state]
+    return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"], list(data.class_names),
+                       status)
+
+
+def _remove_backup(out):
+    """Removes the run's backup once summary.json is written; failing to only warns."""
+    backup = os.path.join(out, "backup")
     try:
-        shutil.rmtree(os.path.join(cfg.out, "backup"))
+        shutil.rmtree(backup)
     except FileNotFoundError:
         pass
     except OSError as e:  # a leftover backup would make the next re-run resume instead of reporting "finished"
-        log.warning("could not remove %s (%s); delete it by hand", os.path.join(cfg.out, "backup"), e)
-    status = {"new": "trained", "resume": "resumed", "continue": "continued"}[state]
-    return TrainResult(model, history, val_accuracy, cfg.out, summary["epochs_run"], list(class_names), status)
+        log.warning("could not remove %s (%s); delete it by hand", backup, e)
 
 
 def _has_tensorboard():

@@ -30,7 +30,7 @@ def main():
         "timm's pretrained configs (hub id `timm/<model>.<tag>`, file `model.safetensors`).",
         "",
         "TAGS[model] = [(tag, num_classes, input_size, norm, crop_pct), ...], the default tag first;",
-        'norm names a (mean, std) pair in keras_vitnt.models.registry.NORMS. Do not edit by hand."""',
+        'norm names a (mean, std) pair in keras_vitnt.models.config.NORMS. Do not edit by hand."""',
         "",
         "TAGS = {",
     ]

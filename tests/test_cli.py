@@ -53,3 +53,33 @@ def test_verbose_before_or_after_the_subcommand_shows_the_traceback_of_a_user_er
         traceback_at = loud.stderr.index("Traceback (most recent call last)")
         assert loud.stderr.index(f"keras-vitnt export: error: File not found: filepath={missing}") > traceback_at
         assert "run with -v" not in loud.stderr
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["predict", "deit_tiny_patch16_224", "a.jpg", "b.jpg"], ("deit_tiny_patch16_224", ["a.jpg", "b.jpg"])),
+    (["predict", "a.jpg", "b.jpg", "--model", "vit:Ti/4"], ("vit:Ti/4", ["a.jpg", "b.jpg"])),  # the older spelling
+    (["predict", "a.jpg"], ("tnt_s_patch16_224", ["a.jpg"])),  # an image first: the default model
+    (["visualize", "saved_models/run", "cat.png"], ("saved_models/run", ["cat.png"])),
+    (["export", "tnt:S"], ("tnt:S", [])),
+    (["export", "--model", "tnt:S"], ("tnt:S", [])),
+    (["train", "--model", "vit:Ti/4"], ("vit:Ti/4", [])),
+    (["train"], ("tnt_s_patch16_224", [])),
+])
+def test_model_is_positional_everywhere_and_model_option_is_an_alias(argv, expected):
+    from keras_vitnt import cli
+
+    args = cli.build_parser().parse_args(argv)
+    assert cli._model_and_inputs(args, None if args.command == "export" else cli.DEFAULT_MODEL) == expected
+
+
+def test_model_given_twice_or_not_at_all_is_refused():
+    from keras_vitnt import cli
+
+    parser = cli.build_parser()
+    with pytest.raises(ValueError, match="MODEL given twice"):
+        cli._model_and_inputs(parser.parse_args(["export", "tnt:S", "--model", "vit:Ti/4"]))
+    with pytest.raises(ValueError, match="give MODEL"):
+        cli._model_and_inputs(parser.parse_args(["export"]))
+    assert cli._default_export_path("saved_models/run/model.keras", "litert", "float16", True) == \
+        os.path.join("saved_models/run", "model_float16.tflite")
+    assert cli._default_export_path("vit:Ti/4", "litert", None, False) == os.path.join("saved_models", "vit_Ti_4.tflite")

@@ -9,7 +9,7 @@ import pytest
 
 import keras_vitnt
 from keras_vitnt.models import registry
-from keras_vitnt.weights.convert import model_timm_params
+from keras_vitnt.weights.timm_map import model_timm_params
 from timm_oracle import (
     ks_distance,
     normalised_images,

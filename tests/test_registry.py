@@ -44,11 +44,11 @@ def test_param_formula_equals_timm(name):
         for classes in (1000, 10):
             tm = timm.create_model(name, num_classes=classes)
             expected = sum(p.numel() for p in tm.parameters())
-            assert registry.count_params(info.family, info.arch, classes=classes) == expected
+            assert info.config.count_params(classes=classes) == expected
 
 
 def test_tnt_param_counts_are_the_published_ones():
-    counts = {n: registry.count_params("tnt", registry.REGISTRY[n].arch) for n in
+    counts = {n: registry.REGISTRY[n].config.count_params() for n in
               ("tnt_s_patch16_224", "tnt_b_patch16_224", "tnt_s_legacy_patch16_224")}
     assert counts == {"tnt_s_patch16_224": 23_768_584, "tnt_b_patch16_224": 65_428_680,
                       "tnt_s_legacy_patch16_224": 23_755_336}
@@ -60,7 +60,7 @@ def _keras_count(name):
     n = model.count_params()
     del model
     keras.backend.clear_session()
-    return n, registry.count_params(info.family, info.arch)
+    return n, info.config.count_params()
 
 
 @pytest.mark.parametrize("name", KERAS_FAST)
@@ -106,3 +106,38 @@ def test_vit_variant_decoding():
     for bad in ("X/16", "B16", "B/"):
         with pytest.raises(ValueError, match="variant"):
             registry.vit_variant(bad)
+
+
+@pytest.mark.parametrize("ctor", ["ViT", "DeiT", "TNT", "create_model"])
+def test_every_constructor_takes_exactly_the_builders_options(ctor):
+    """The keras.applications keywords are spelled out in each signature (help() and IDEs show them),
+    and each one reaches the builder: the same names, in the same order, with the same defaults."""
+    import dataclasses
+    import inspect
+
+    from keras_vitnt.models.builder import BuildOptions
+
+    params = inspect.signature(getattr(keras_vitnt, ctor)).parameters.values()
+    shared = [(p.name, p.default) for p in params if p.kind is p.KEYWORD_ONLY and p.name != "distilled"]
+    assert shared == [(f.name, f.default) for f in dataclasses.fields(BuildOptions)]
+
+
+def test_model_names_follow_one_rule():
+    spec = registry.parse_model_name("deit_small_patch16_224.fb_in1k")
+    assert spec.info.name == spec.name == "deit_small_patch16_224" and spec.tag.tag == "fb_in1k"
+    assert spec.config.embed_dim == 384 and spec.config.norm_eps == 1e-6
+    spec = registry.parse_model_name("vit:Ti/4")
+    assert spec.info is None and spec.name == "vit_tiny_patch4" and spec.config.patch_size == 4
+    assert registry.parse_model_name("tnt:S").info is registry.REGISTRY["tnt_s_patch16_224"]
+    assert registry.parse_model_name("vit:B/16").info is registry.REGISTRY["vit_base_patch16_224"]
+    with pytest.raises(ValueError, match="Unknown TNT variant"):
+        registry.parse_model_name("tnt:M")
+
+
+def test_overrides_use_timms_names_and_are_checked():
+    config = registry.REGISTRY["vit_tiny_patch16_224"].config
+    assert config.replace(depth=2, pos_embed="learn").pos_embed == "learned_1d"
+    with pytest.raises(TypeError, match="norm_eps"):  # a fact of the family, not one of timm's keywords
+        config.replace(norm_eps=1e-5)
+    with pytest.raises(ValueError, match="global_pool='avg'"):
+        config.replace(class_token=False)

@@ -217,7 +217,7 @@ def test_the_wheel_holds_the_package_data(tmp_path):
 def test_train_cli(tmp_path):
     from test_cli import run_cli
 
-    out = run_cli("train", "--model", "vit:Ti/4", "--weights", "none", "--data", "digits", "--image-size", "16",
+    out = run_cli("train", "vit:Ti/4", "--weights", "none", "--data", "digits", "--image-size", "16",
                   "--epochs", "1", "--batch-size", "64", "--lr", "2e-3", "--augment", "none", "--no-flip",
                   "--overrides", '{"embed_dim": 48, "depth": 1, "num_heads": 3}', "--out", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -305,7 +305,7 @@ def test_a_folder_that_is_not_a_run_is_never_touched(tmp_path):
 def test_every_recipe_option_saves_a_model_that_loads_in_a_new_process_and_exports(tmp_path):
     """Layer decay, mixed precision, RandAugment, MixUp and CutMix in one run (the CLI as users
     run it), then plain `keras.models.load_model` after `import keras_vitnt` in a fresh
-    process, and `keras-vitnt export <run>/model.keras`."""
+    process, `keras-vitnt export <run>` (into the run) and `keras-vitnt predict <run>` (its class names)."""
     from test_cli import run_cli
 
     out = tmp_path / "run"
@@ -326,9 +326,19 @@ for name in ("model.keras", "best.keras"):
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("LayerDecayAdamW 0.75 [1. 1.]") == 2, proc.stdout
-    exp = run_cli("export", str(out / "model.keras"), "--format", "litert")  # default: inside the run
+    exp = run_cli("export", str(out), "--format", "litert")  # a run folder: its model.keras, exported inside it
     assert exp.returncode == 0, exp.stderr[-3000:]
     assert (out / "model.tflite").is_file() and (out / "model.tflite.json").is_file() and "parity" in exp.stdout
+    from PIL import Image
+
+    from keras_vitnt.data.digits import load_digits
+
+    (_, _), (x_test, y_test) = load_digits(size=16)
+    Image.fromarray(np.asarray(x_test[0]).astype("uint8")).save(tmp_path / "digit.png")
+    pred = run_cli("predict", str(out), str(tmp_path / "digit.png"), "--top", "10")
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    ranked = [line.split()[1] for line in pred.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert sorted(ranked) == [str(i) for i in range(10)], pred.stdout  # the run's class names, all ten ranked
 
 
 # --- the demo ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ ViT-S/16 at batch 16; the README's Performance section has the numbers):
 import keras
 from keras import ops
 
-from keras_vitnt.layers.base import TimmMapped, dense, register
+from keras_vitnt.layers.base import SharedDtypePolicy, dense, register
 
 
 def tokens_2d(x):
@@ -57,7 +57,7 @@ def _attend(q, k, v, scale, needs_weights, dropout, training):
     return out, (ops.transpose(weights, (1, 0, 2, 3)) if needs_weights else None)
 
 
-class _AttentionBase(TimmMapped, keras.layers.Layer):
+class _AttentionBase(SharedDtypePolicy, keras.layers.Layer):
     def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, **kwargs):
         super().__init__(**kwargs)
         if dim % num_heads:
@@ -105,8 +105,6 @@ class _AttentionBase(TimmMapped, keras.layers.Layer):
 class Attention(_AttentionBase):
     """ViT/DeiT attention: one fused `qkv` Dense (D -> 3D), `proj` Dense with bias."""
 
-    timm_children = ("qkv", "proj")
-
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, **kwargs):
         super().__init__(dim, num_heads, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
         self.qkv_bias = bool(qkv_bias)
@@ -130,8 +128,6 @@ class Attention(_AttentionBase):
 class TNTAttention(_AttentionBase):
     """TNT attention: separate `qk` (D -> 2D) and `v` (D -> D) Dense layers, no bias by
     default (timm's `qkv_bias=False`), and `proj` with bias."""
-
-    timm_children = ("qk", "v", "proj")
 
     def __init__(self, dim, num_heads, qkv_bias=False, attn_drop=0.0, proj_drop=0.0, **kwargs):
         super().__init__(dim, num_heads, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)

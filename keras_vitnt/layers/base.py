@@ -1,5 +1,9 @@
-"""Shared plumbing for keras_vitnt layers: serialisation registration, initialisers
-that match timm's, and the mapping of each layer's weights to timm tensor names."""
+"""Shared plumbing for keras_vitnt layers: serialisation registration, initialisers that
+match timm's, and the dtype-policy mixin for nested layers.
+
+Layer and sub-layer attribute names mirror timm's module names (`attn.qkv`, `norm1_proj`);
+which timm tensor is which weight is not known to the layers but to
+`keras_vitnt.weights.timm_map`."""
 
 import math
 
@@ -78,10 +82,6 @@ def dense(units, name, use_bias=True):
     )
 
 
-def join(prefix, name):
-    return f"{prefix}.{name}" if prefix else name
-
-
 class SharedDtypePolicy:
     """Mixin for layers made of sub-layers: each sub-layer assigned as an attribute takes the
     outer layer's dtype policy, as Keras's own nested layers do. Without it a model saved under
@@ -94,19 +94,3 @@ class SharedDtypePolicy:
                 layer.dtype_policy = self.dtype_policy
         super().__setattr__(name, value)
 
-
-class TimmMapped(SharedDtypePolicy):
-    """Mixin: a layer that knows the timm state-dict names of its weights.
-
-    `timm_children` names the sub-layers (attribute name == timm module name); the
-    converter walks them. Layers that own weights directly override `timm_params`.
-    """
-
-    timm_children = ()
-
-    def timm_params(self, prefix):
-        """Yield (timm_key, keras_variable, layout) for every weight of this layer."""
-        from keras_vitnt.weights.convert import layer_timm_params  # local: avoids an import cycle
-
-        for child in self.timm_children:
-            yield from layer_timm_params(getattr(self, child), join(prefix, child))

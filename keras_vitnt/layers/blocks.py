@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_vitnt.layers.attention import Attention, tokens_2d
-from keras_vitnt.layers.base import TimmMapped, dense, layer_norm, register
+from keras_vitnt.layers.base import SharedDtypePolicy, dense, layer_norm, register
 
 
 _GELU_FORM = threading.local()
@@ -35,10 +35,8 @@ def gelu(x):
 
 
 @register
-class Mlp(TimmMapped, keras.layers.Layer):
+class Mlp(SharedDtypePolicy, keras.layers.Layer):
     """fc1 -> exact (erf) GELU -> fc2, timm's `Mlp`."""
-
-    timm_children = ("fc1", "fc2")
 
     def __init__(self, hidden_dim, out_dim, drop=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -112,10 +110,8 @@ def add_residual(rows, y, tokens, drop_path, training):
 
 
 @register
-class TransformerBlock(TimmMapped, keras.layers.Layer):
+class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
     """Pre-norm ViT block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`."""
-
-    timm_children = ("norm1", "attn", "norm2", "mlp")
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vitnt.layers.base import TimmMapped, conv, register, timm_normal
+from keras_vitnt.layers.base import SharedDtypePolicy, conv, register, timm_normal
 
 POS_EMBED_KINDS = ("learned_1d", "learned_2d", "sincos_2d", "none")
 
@@ -47,11 +47,9 @@ def unfold_patches(x, patch_size):
 
 
 @register
-class PatchEmbedding(TimmMapped, keras.layers.Layer):
+class PatchEmbedding(SharedDtypePolicy, keras.layers.Layer):
     """Conv2D with kernel = stride = P, flattened to (B, N, D) in row-major order; initialised
     as timm's `patch_embed.proj` (PyTorch's Conv2d default, see `TorchConv2D`)."""
-
-    timm_children = ("proj",)
 
     def __init__(self, patch_size, embed_dim, **kwargs):
         super().__init__(**kwargs)
@@ -85,8 +83,7 @@ class PrefixTokens(keras.layers.Layer):
     DeiT, 0.02 for TNT), `dist_token_init_std` the distillation token's (0.02).
     """
 
-    TIMM_NAMES = ("cls_token", "dist_token")
-    timm_root = True
+    WEIGHT_NAMES = ("cls_token", "dist_token")  # variable names: saved .keras files depend on them
 
     def __init__(self, num_tokens=1, token_init_std=1e-6, dist_token_init_std=0.02, **kwargs):
         super().__init__(**kwargs)
@@ -101,7 +98,7 @@ class PrefixTokens(keras.layers.Layer):
         dim = input_shape[-1]
         stds = (self.token_init_std, self.dist_token_init_std)
         self.tokens = [
-            self.add_weight(shape=(1, 1, dim), initializer=timm_normal(stds[i]), name=self.TIMM_NAMES[i])
+            self.add_weight(shape=(1, 1, dim), initializer=timm_normal(stds[i]), name=self.WEIGHT_NAMES[i])
             for i in range(self.num_tokens)
         ]
 
@@ -114,10 +111,6 @@ class PrefixTokens(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         b, n, d = input_shape
         return (b, None if n is None else n + self.num_tokens, d)
-
-    def timm_params(self, prefix):
-        for name, var in zip(self.TIMM_NAMES, self.tokens):
-            yield name, var, "identity"
 
     def get_config(self):
         return {
@@ -220,16 +213,6 @@ class PositionEmbedding(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def timm_params(self, prefix):
-        if self.kind == "learned_1d":
-            # resampled to this layer's grid when the checkpoint's differs (timm's rule)
-            yield prefix, self.pos_embed, ("pos_embed", self.grid_size, self.num_prefix_tokens)
-        elif self.kind == "learned_2d":
-            yield prefix + "_row", self.pos_embed_row, "identity"
-            yield prefix + "_col", self.pos_embed_col, "identity"
-            if self.num_prefix_tokens:
-                yield prefix + "_prefix", self.pos_embed_prefix, "identity"
 
     def get_config(self):
         return {

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from keras_vitnt.layers.attention import TNTAttention, tokens_2d
-from keras_vitnt.layers.base import TimmMapped, conv, dense, layer_norm, register, timm_normal
+from keras_vitnt.layers.base import SharedDtypePolicy, conv, dense, layer_norm, register, timm_normal
 from keras_vitnt.layers.blocks import DropPath, Mlp, add_residual
 from keras_vitnt.layers.embedding import unfold_patches
 
@@ -23,15 +23,13 @@ def words_per_side(patch_size, stride):
 
 
 @register
-class PixelEmbed(TimmMapped, keras.layers.Layer):
+class PixelEmbed(SharedDtypePolicy, keras.layers.Layer):
     """Image (B, H, W, 3) -> pixel tokens (B * N, w * w, c) plus the learned `pixel_pos`.
 
     Default: unfold the image into P x P patches, then Conv2D(c, 7, stride) with a
     symmetric padding of 3 on each patch. Legacy (`tnt_s_legacy`): the conv runs on the
     whole image first and its output is unfolded into w x w windows.
     """
-
-    timm_children = ("proj",)
 
     def __init__(self, patch_size, inner_dim, stride=4, legacy=False, **kwargs):
         super().__init__(**kwargs)
@@ -68,10 +66,6 @@ class PixelEmbed(TimmMapped, keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (None, self.words * self.words, self.inner_dim)
 
-    def timm_params(self, prefix):
-        yield from super().timm_params(prefix)
-        yield "pixel_pos", self.pixel_pos, "nchw_to_nhwc"
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -83,13 +77,10 @@ class PixelEmbed(TimmMapped, keras.layers.Layer):
 
 
 @register
-class PixelToPatch(TimmMapped, keras.layers.Layer):
+class PixelToPatch(SharedDtypePolicy, keras.layers.Layer):
     """Pixel tokens (B * N, words, c) -> patch tokens (B, N, D):
-    `norm2_proj(proj(norm1_proj(flatten)))`. Holds timm's top-level `norm1_proj`,
-    `proj` and `norm2_proj`, so its timm prefix is empty."""
-
-    timm_children = ("norm1_proj", "proj", "norm2_proj")
-    timm_root = True
+    `norm2_proj(proj(norm1_proj(flatten)))`. Its sub-layers are timm's top-level
+    `norm1_proj`, `proj` and `norm2_proj`."""
 
     def __init__(self, num_patches, embed_dim, norm_eps=1e-5, **kwargs):
         super().__init__(**kwargs)
@@ -124,7 +115,7 @@ class PixelToPatch(TimmMapped, keras.layers.Layer):
 
 
 @register
-class TNTBlock(TimmMapped, keras.layers.Layer):
+class TNTBlock(SharedDtypePolicy, keras.layers.Layer):
     """One TNT block on `[pixel_tokens (B*N, words, c), patch_tokens (B, 1+N, D)]`.
 
     inner:  p = p + attn_in(norm_in(p));  p = p + mlp_in(norm_mlp_in(p))
@@ -147,6 +138,7 @@ class TNTBlock(TimmMapped, keras.layers.Layer):
         proj_drop=0.0,
         legacy=False,
         norm_eps=1e-5,
+        inner_mlp_ratio=4.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -162,12 +154,13 @@ class TNTBlock(TimmMapped, keras.layers.Layer):
         self.proj_drop = float(proj_drop)
         self.legacy = bool(legacy)
         self.norm_eps = float(norm_eps)
+        self.inner_mlp_ratio = float(inner_mlp_ratio)
         c, d = self.inner_dim, self.embed_dim
         attn_kw = dict(qkv_bias=self.qkv_bias, attn_drop=self.attn_drop, proj_drop=self.proj_drop)
         self.norm_in = layer_norm(self.norm_eps, "norm_in")
         self.attn_in = TNTAttention(c, self.num_heads_inner, name="attn_in", **attn_kw)
         self.norm_mlp_in = layer_norm(self.norm_eps, "norm_mlp_in")
-        self.mlp_in = Mlp(4 * c, c, drop=self.proj_drop, name="mlp_in")
+        self.mlp_in = Mlp(int(c * self.inner_mlp_ratio), c, drop=self.proj_drop, name="mlp_in")
         self.norm1_proj = layer_norm(self.norm_eps, "norm1_proj")
         self.proj = dense(d, "proj", use_bias=self.legacy)
         self.norm2_proj = None if self.legacy else layer_norm(self.norm_eps, "norm2_proj")
@@ -176,12 +169,6 @@ class TNTBlock(TimmMapped, keras.layers.Layer):
         self.norm_mlp = layer_norm(self.norm_eps, "norm_mlp")
         self.mlp = Mlp(int(d * self.mlp_ratio), d, drop=self.proj_drop, name="mlp")
         self.drop_path_layer = DropPath(self.drop_path)
-
-    @property
-    def timm_children(self):
-        names = ["norm_in", "attn_in", "norm_mlp_in", "mlp_in", "norm1_proj", "proj"]
-        names += [] if self.legacy else ["norm2_proj"]
-        return tuple(names + ["norm_out", "attn_out", "norm_mlp", "mlp"])
 
     def build(self, input_shape):
         pixel_shape, patch_shape = (tuple(s) for s in input_shape)
@@ -246,4 +233,5 @@ class TNTBlock(TimmMapped, keras.layers.Layer):
             "proj_drop": self.proj_drop,
             "legacy": self.legacy,
             "norm_eps": self.norm_eps,
+            "inner_mlp_ratio": self.inner_mlp_ratio,
         }

@@ -1,22 +1,14 @@
-"""Model constructors: ViT, DeiT, TNT and create_model(timm_name). The registry
-(`keras_vitnt.models.registry`) imports without TensorFlow; the constructors load it."""
+"""Model constructors: ViT, DeiT, TNT and create_model(timm_name), over one builder.
 
-import importlib
+  config.py        one typed config per architecture (every number of a model)
+  registry.py      timm names -> config + pretrained tags; the model naming rule
+  resolve.py       the `weights` argument -> what the weights are and how to load them
+  vit.py, tnt.py   the trunks (layers wired from a config)
+  builder.py       preprocessing + trunk + head, weights loaded
+  applications.py  the public constructors
+"""
 
-_PUBLIC = {
-    "ViT": "keras_vitnt.models.vit",
-    "DeiT": "keras_vitnt.models.vit",
-    "TNT": "keras_vitnt.models.tnt",
-    "create_model": "keras_vitnt.models.factory",
-    "get_model_info": "keras_vitnt.models.registry",
-    "list_models": "keras_vitnt.models.registry",
-}
-__all__ = sorted(_PUBLIC)
+from keras_vitnt.models.applications import DeiT, TNT, ViT, create_model
+from keras_vitnt.models.registry import get_model_info, list_models
 
-
-def __getattr__(name):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'keras_vitnt.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value
-    return value
+__all__ = ["DeiT", "TNT", "ViT", "create_model", "get_model_info", "list_models"]

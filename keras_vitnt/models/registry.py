@@ -1,22 +1,18 @@
 """The one table of registered models, keyed by timm names.
 
-Each entry holds the family ("vit" or "tnt"), the architecture in timm's keyword names,
-and the pretrained tags (from `tags.py`, generated from timm). Everything else, the
-constructors, `list_models()`, the CLI and the parameter counts, reads from here.
+Each entry holds the architecture config (`config.py`, decoded from the name) and the
+pretrained tags (from `tags.py`, generated from timm). Everything else, the constructors,
+`list_models()`, the CLI and the parameter counts, reads from here. The one naming rule of
+the CLI and `create_model` (`parse_model_name`) lives here too.
 """
 
 import dataclasses
 import difflib
-import math
+import fnmatch
 import re
 
+from keras_vitnt.models.config import CONFIGS, NORMS, ArchConfig, TNTConfig, ViTConfig
 from keras_vitnt.models.tags import TAGS
-
-NORMS = {
-    "INCEPTION": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "IMAGENET": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "CLIP": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-}
 
 # Published ImageNet-1k top-1 of the pretrained weights (timm's results table for the
 # augreg ViTs; the DeiT and TNT papers for theirs).
@@ -38,50 +34,20 @@ TOP1 = {
     "tnt_b_patch16_224.in1k": 82.9,
 }
 
-# ViT size letter -> (timm size word, embed_dim, depth, num_heads); MLP ratio 4 for all.
+# ViT size letter -> (timm size word, widths); MLP ratio 4 for all.
 VIT_SIZES = {
-    "Ti": ("tiny", 192, 12, 3),
-    "S": ("small", 384, 12, 6),
-    "B": ("base", 768, 12, 12),
-    "L": ("large", 1024, 24, 16),
-    "H": ("huge", 1280, 32, 16),
+    "Ti": ("tiny", dict(embed_dim=192, depth=12, num_heads=3)),
+    "S": ("small", dict(embed_dim=384, depth=12, num_heads=6)),
+    "B": ("base", dict(embed_dim=768, depth=12, num_heads=12)),
+    "L": ("large", dict(embed_dim=1024, depth=24, num_heads=16)),
+    "H": ("huge", dict(embed_dim=1280, depth=32, num_heads=16)),
 }
-# TNT variant -> (timm stem, embed_dim, inner_dim, num_heads_outer, legacy)
+# TNT variant -> (timm name stem, widths)
 TNT_SIZES = {
-    "S": ("tnt_s", 384, 24, 6, False),
-    "B": ("tnt_b", 640, 40, 10, False),
-    "S-legacy": ("tnt_s_legacy", 384, 24, 6, True),
+    "S": ("tnt_s", dict(embed_dim=384, inner_dim=24, num_heads_outer=6)),
+    "B": ("tnt_b", dict(embed_dim=640, inner_dim=40, num_heads_outer=10)),
+    "S-legacy": ("tnt_s_legacy", dict(embed_dim=384, inner_dim=24, num_heads_outer=6, legacy=True)),
 }
-
-VIT_DEFAULTS = dict(
-    patch_size=16,
-    embed_dim=768,
-    depth=12,
-    num_heads=12,
-    mlp_ratio=4.0,
-    qkv_bias=True,
-    class_token=True,
-    distilled=False,
-    global_pool="token",
-    pos_embed="learned_1d",
-    img_size=224,
-)
-TNT_DEFAULTS = dict(
-    patch_size=16,
-    embed_dim=384,
-    inner_dim=24,
-    depth=12,
-    num_heads_inner=4,
-    num_heads_outer=6,
-    mlp_ratio=4.0,
-    qkv_bias=False,
-    first_stride=4,
-    legacy=False,
-    global_pool="token",
-    pos_embed="learned_1d",
-    img_size=224,
-)
-FAMILY_DEFAULTS = {"vit": VIT_DEFAULTS, "tnt": TNT_DEFAULTS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +74,15 @@ class Tag:
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
+    """A registered timm model: its architecture config and its pretrained tags (default first)."""
+
     name: str
-    family: str
-    arch: dict
+    config: ArchConfig
     tags: tuple
+
+    @property
+    def family(self):
+        return self.config.family
 
     @property
     def default_tag(self):
@@ -125,65 +96,61 @@ class ModelInfo:
         raise ValueError(f"{self.name} has no pretrained tag {tag!r}. Its tags: {known}.")
 
     @property
+    def arch(self):
+        """The architecture in timm's keyword names, as a dict (the config's timm fields)."""
+        return self.config.timm_kwargs()
+
+    @property
     def mean_std(self):
-        """Normalisation of the default weights (ImageNet-style 0.5 when there are none)."""
+        """Normalisation of the default weights (the config's when there are none)."""
         t = self.default_tag
-        return (t.mean, t.std) if t else NORMS["INCEPTION"]
+        return (t.mean, t.std) if t else self.config.mean_std
 
 
+# timm name patterns of each family -> config
 _VIT_NAME = re.compile(r"^vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)$")
 _DEIT_NAME = re.compile(r"^deit_(tiny|small|base)(_distilled)?_patch(\d+)_(\d+)$")
 _TNT_NAME = re.compile(r"^(tnt_s|tnt_b|tnt_s_legacy)_patch(\d+)_(\d+)$")
+_SIZE_WORDS = {word: letter for letter, (word, _) in VIT_SIZES.items()}
+_TNT_STEMS = {stem: variant for variant, (stem, _) in TNT_SIZES.items()}
 
 
-def _arch_from_name(name):
-    words = {v[0]: v for v in VIT_SIZES.values()}
-    m = _VIT_NAME.match(name) or _DEIT_NAME.match(name)
+def config_from_name(name):
+    """The architecture config a timm model name stands for."""
+    m = _VIT_NAME.match(name)
     if m:
-        size = words[m.group(1)]
-        deit = name.startswith("deit")
-        return "vit", dict(
-            VIT_DEFAULTS,
-            embed_dim=size[1],
-            depth=size[2],
-            num_heads=size[3],
-            patch_size=int(m.group(3) if deit else m.group(2)),
-            img_size=int(m.group(4) if deit else m.group(3)),
-            distilled=bool(deit and m.group(2)),
-        )
+        return ViTConfig(patch_size=int(m.group(2)), img_size=int(m.group(3)), **VIT_SIZES[_SIZE_WORDS[m.group(1)]][1])
+    m = _DEIT_NAME.match(name)
+    if m:
+        widths = VIT_SIZES[_SIZE_WORDS[m.group(1)]][1]
+        return ViTConfig(patch_size=int(m.group(3)), img_size=int(m.group(4)), distilled=bool(m.group(2)), **widths)
     m = _TNT_NAME.match(name)
-    stems = {v[0]: v for v in TNT_SIZES.values()}
-    stem = stems[m.group(1)]
-    return "tnt", dict(
-        TNT_DEFAULTS,
-        embed_dim=stem[1],
-        inner_dim=stem[2],
-        num_heads_outer=stem[3],
-        legacy=stem[4],
-        patch_size=int(m.group(2)),
-        img_size=int(m.group(3)),
-    )
+    if m:
+        return TNTConfig(patch_size=int(m.group(2)), img_size=int(m.group(3)), **TNT_SIZES[_TNT_STEMS[m.group(1)]][1])
+    raise ValueError(f"{name!r} is not a timm ViT, DeiT or TNT name")
 
 
 def _make_registry():
     out = {}
     for name, rows in TAGS.items():
-        family, arch = _arch_from_name(name)
         tags = tuple(
             Tag(name, tag, n, size, *NORMS[norm], crop_pct) for tag, n, size, norm, crop_pct in rows
         )
-        out[name] = ModelInfo(name, family, arch, tags)
+        out[name] = ModelInfo(name, config_from_name(name), tags)
     return out
 
 
 REGISTRY = _make_registry()
 
 
+def count_params(family, arch, classes=1000, include_top=True):
+    """Parameter count of a family's model from its timm keywords (`ModelInfo.arch`)."""
+    return CONFIGS[family](**arch).count_params(classes=classes, include_top=include_top)
+
+
 def list_models(pattern=None, pretrained=False):
     """Registered timm model names, sorted; `pattern` is a shell-style wildcard
     ("vit_*", "*distilled*"); `pretrained=True` lists `name.tag` for every tag instead."""
-    import fnmatch
-
     names = sorted(REGISTRY)
     if pretrained:
         names = [f"{n}.{t.tag}" for n in names for t in REGISTRY[n].tags]
@@ -222,62 +189,68 @@ def vit_variant(variant):
     return m.group(1), int(m.group(2))
 
 
-def vit_arch(size, patch_size, img_size=224, distilled=False):
-    """Architecture dict of a ViT size letter at a patch size (any P), and the timm name
-    it corresponds to (None if timm registers no such model)."""
-    word, dim, depth, heads = VIT_SIZES[size]
-    arch = dict(VIT_DEFAULTS, embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch_size, img_size=img_size)
-    arch["distilled"] = distilled
-    stem = f"deit_{word}_distilled" if distilled else f"vit_{word}"
-    name = f"{stem}_patch{patch_size}_{img_size}"
-    return arch, (name if name in REGISTRY else None)
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a model name stands for: its config, registry entry (None for a variant timm does not
+    register), the tag named in it (None) and the model's default name."""
+
+    config: ArchConfig
+    info: object
+    tag: object
+    name: str
 
 
-def tnt_variant(variant):
+def _spec(config, name, default_name=None):
+    info = REGISTRY.get(name)
+    return ModelSpec(info.config if info else config, info, None, name if info else (default_name or name))
+
+
+def vit_spec(variant, distilled=False):
+    """ViT "<size>/<patch>" (any patch size) at 224, with DeiT's distillation token if asked."""
+    size, patch_size = vit_variant(variant)
+    word, widths = VIT_SIZES[size]
+    name = f"{'deit_' + word + '_distilled' if distilled else 'vit_' + word}_patch{patch_size}_224"
+    return _spec(ViTConfig(patch_size=patch_size, distilled=distilled, **widths), name, f"vit_{word}_patch{patch_size}")
+
+
+def deit_spec(variant, distilled=False):
+    """DeiT "<size>/<patch>" at 224 (the registered deit_* model of that name, if any)."""
+    size, patch_size = vit_variant(variant)
+    word, widths = VIT_SIZES[size]
+    name = f"deit_{word}{'_distilled' if distilled else ''}_patch{patch_size}_224"
+    return _spec(ViTConfig(patch_size=patch_size, distilled=distilled, **widths), name)
+
+
+def tnt_spec(variant):
+    """TNT "S", "B" or "S-legacy" (patch 16 at 224)."""
     if variant not in TNT_SIZES:
         raise ValueError(f"Unknown TNT variant {variant!r}: choose one of {', '.join(TNT_SIZES)}.")
-    stem, dim, inner, heads, legacy = TNT_SIZES[variant]
-    arch = dict(TNT_DEFAULTS, embed_dim=dim, inner_dim=inner, num_heads_outer=heads, legacy=legacy)
-    return arch, f"{stem}_patch16_224"
+    stem, widths = TNT_SIZES[variant]
+    return _spec(TNTConfig(**widths), f"{stem}_patch16_224")
 
 
-def count_params(family, arch, classes=1000, include_top=True):
-    """Parameter count of a model, from its architecture alone (no build): the figure
-    `list_models`/README use, and tested against both timm and the built Keras model."""
-    d, p, img = arch["embed_dim"], arch["patch_size"], arch["img_size"]
-    h, w = (img, img) if isinstance(img, int) else img
-    mlp = lambda dim, hidden: dim * hidden + hidden + hidden * dim + dim  # noqa: E731
-    norm = lambda dim: 2 * dim  # noqa: E731
-    hidden = int(d * arch["mlp_ratio"])
-    head = d * classes + classes if include_top and classes else 0
-    pos = arch["pos_embed"]
+# --- the one naming rule of the CLI and create_model -----------------------------------
 
-    def pos_params(prefix, grid_h, grid_w):
-        if pos == "learned_1d":
-            return (prefix + grid_h * grid_w) * d
-        if pos == "learned_2d":
-            return (grid_h + grid_w) * (d // 2) + prefix * d
-        return 0
+MODEL_NAME_RULE = (
+    "MODEL is a timm model name, optionally with a pretrained tag (vit_base_patch16_224, "
+    "deit_small_patch16_224.fb_in1k; `keras-vitnt list` shows them), or an architecture timm does not "
+    "register, as <family>:<variant> (vit:Ti/4, vit:B/32, deit:S/16, tnt:S). predict, export and visualize also "
+    "take a saved .keras model or a training run folder."
+)
 
-    if family == "vit":
-        prefix = int(arch["class_token"]) + int(arch["distilled"])
-        qkv = 3 * d * d + (3 * d if arch["qkv_bias"] else 0)
-        block = 2 * norm(d) + qkv + d * d + d + mlp(d, hidden)
-        total = 3 * p * p * d + d + prefix * d + pos_params(prefix, h // p, w // p) + arch["depth"] * block + norm(d)
-        return total + head * (2 if arch["distilled"] else 1)
 
-    c = arch["inner_dim"]
-    words = math.ceil(p / arch["first_stride"]) ** 2
-    bias = arch["qkv_bias"]
+FAMILY_SPECS = {"vit": vit_spec, "deit": deit_spec, "tnt": tnt_spec}
 
-    def tnt_attn(dim):
-        return 2 * dim * dim + dim * dim + (3 * dim if bias else 0) + dim * dim + dim
 
-    stem = 3 * 49 * c + c + words * c + norm(words * c) + words * c * d + d + norm(d) + d + pos_params(1, h // p, w // p)
-    inner = norm(c) + tnt_attn(c) + norm(c) + mlp(c, 4 * c)
-    if arch["legacy"]:
-        fuse = norm(c) + words * c * d + d
-    else:
-        fuse = norm(words * c) + words * c * d + norm(d)
-    outer = norm(d) + tnt_attn(d) + norm(d) + mlp(d, hidden)
-    return stem + arch["depth"] * (inner + fuse + outer) + norm(d) + head
+def parse_model_name(spec, overrides=None):
+    """A timm name ("vit_base_patch16_224[.tag]") or a "<family>:<variant>" ("vit:Ti/4", "tnt:S").
+    For a ViT/DeiT variant, `distilled` is taken out of `overrides` (a dict): it names DeiT's
+    distilled model (its own tags and name), as `ViT(variant, distilled=True)` does."""
+    family, sep, variant = str(spec).partition(":")
+    if sep and family in FAMILY_SPECS:
+        if family in ("vit", "deit") and overrides and "distilled" in overrides:
+            return FAMILY_SPECS[family](variant, overrides.pop("distilled"))
+        return FAMILY_SPECS[family](variant)
+    info = get_model_info(spec)
+    _, tag = split_name(spec)
+    return ModelSpec(info.config, info, info.get_tag(tag) if tag else None, info.name)

@@ -1,10 +1,10 @@
 """Loading timm checkpoints into keras_vitnt models: one conversion for every family.
 
-The Keras model is walked layer by layer; each layer names the timm tensors of its
-weights (layer names mirror timm's module names), so the conversion is a lookup plus a
-layout change (Linear (out, in) -> (in, out), Conv (O, I, kh, kw) -> (kh, kw, I, O),
-`pixel_pos` NCHW -> NHWC). Every tensor must be consumed and every Keras weight
-assigned; nothing is assigned until the whole checkpoint has been checked.
+Reads checkpoint files (.safetensors, .pth/.bin, Google .npz), applies the family's
+renames (timm's checkpoint filters), and loads: `timm_map` says which timm tensor is
+which Keras weight and in which layout; here they are matched and checked (every tensor
+must be consumed and every Keras weight assigned, the classifier head by timm's rules)
+and only then assigned, so a failed load changes nothing.
 """
 
 import errno
@@ -14,27 +14,21 @@ import pickle
 import re
 import zipfile
 import zlib
+from typing import NamedTuple
 
 import keras
 import numpy as np
 
+from keras_vitnt.weights.errors import CheckpointMismatchError
+from keras_vitnt.weights.npz import is_google_npz, npz_to_timm
 from keras_vitnt.weights.resample import resample_abs_pos_embed
+from keras_vitnt.weights.timm_map import change_layout, model_timm_params
 
 log = logging.getLogger("keras_vitnt")
 
+KERAS_WEIGHTS = ".weights.h5"  # a Keras weights file, loaded as it is (it fits one model structure only)
+
 HEAD_PREFIXES = ("head.", "head_dist.")
-
-LAYOUTS = {
-    "identity": lambda a: a,
-    "linear": lambda a: a.T,
-    "conv": lambda a: a.transpose(2, 3, 1, 0),
-    "nchw_to_nhwc": lambda a: a.transpose(0, 2, 3, 1),
-}
-
-
-def change_layout(array, layout):
-    """torch layout -> Keras layout for one tensor (position tables keep theirs)."""
-    return array if isinstance(layout, tuple) else LAYOUTS[layout](array)
 
 
 def fit_grid(array, layout, key="", source="", interpolation="bicubic"):
@@ -52,43 +46,6 @@ def fit_grid(array, layout, key="", source="", interpolation="bicubic"):
         raise CheckpointMismatchError(f"{source}: cannot resample {key} {array.shape}: {e}") from e
     side = int(round(old_n**0.5))
     log.info("%s: resampled %s from a %dx%d to a %dx%d patch grid", source, key, side, side, *grid)
-    return out
-
-
-def layer_timm_params(layer, prefix):
-    """Yield (timm_key, variable, layout) for the weights of one layer (recursively)."""
-    if isinstance(layer, keras.layers.Dense):
-        yield f"{prefix}.weight", layer.kernel, "linear"
-        if layer.use_bias:
-            yield f"{prefix}.bias", layer.bias, "identity"
-    elif isinstance(layer, keras.layers.Conv2D):
-        yield f"{prefix}.weight", layer.kernel, "conv"
-        if layer.use_bias:
-            yield f"{prefix}.bias", layer.bias, "identity"
-    elif isinstance(layer, keras.layers.LayerNormalization):
-        yield f"{prefix}.weight", layer.gamma, "identity"
-        yield f"{prefix}.bias", layer.beta, "identity"
-    elif hasattr(layer, "timm_params"):
-        yield from layer.timm_params(prefix)
-    elif layer.weights:
-        raise TypeError(f"layer {layer.name!r} ({type(layer).__name__}) has weights but no timm mapping")
-
-
-def timm_name(layer):
-    """Keras layer name -> timm module prefix: "blocks_3" -> "blocks.3"."""
-    if getattr(layer, "timm_root", False):
-        return ""
-    return re.sub(r"_(\d+)$", r".\1", layer.name)
-
-
-def model_timm_params(model):
-    """{timm_key: (variable, layout)} for every weight of the model."""
-    out = {}
-    for layer in model.layers:
-        for key, var, layout in layer_timm_params(layer, timm_name(layer)):
-            if key in out:
-                raise RuntimeError(f"two weights of the model map to the timm tensor {key!r}")
-            out[key] = (var, layout)
     return out
 
 
@@ -167,8 +124,6 @@ def _standard_float(a):
 
 
 def _read_npz(path):
-    from keras_vitnt.weights.npz import is_google_npz, npz_to_timm
-
     try:
         f = np.load(path, allow_pickle=False)
         if isinstance(f, np.lib.npyio.NpzFile):
@@ -285,10 +240,6 @@ FILTERS = {"vit": _filter_vit, "tnt": _filter_tnt}
 # --- loading ----------------------------------------------------------------------
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint does not fit the model's architecture."""
-
-
 def _guess_family(sd):
     if "pixel_pos" in sd or "patch_pos" in sd:
         return "tnt"
@@ -328,8 +279,33 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_l
     """
     sd = state_dict if keras_layout else FILTERS[family](state_dict)
     params = model_timm_params(model)
-    is_head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
+    match = _match(params, sd, keras_layout, source, pos_interpolation)
+    _check(match, sd, family, source, model.name)
+    values = _head_rule(match, params, sd, source)
+    _assign(params, values)
+    log.info("loaded %d tensors from %s into %s", len(values), source, model.name)
+    return LoadResult(match.converted, complete=not match.unexpected)
 
+
+def _is_head(key):
+    return key.startswith(HEAD_PREFIXES)
+
+
+class _Match(NamedTuple):
+    """A state dict against the model's weights ({timm_key: (variable, layout)})."""
+
+    converted: dict  # every mapped float tensor in Keras layout, before resampling
+    values: dict  # those that fit their variable (resampled to the model's grid)
+    mismatched: list  # (key, checkpoint shape, model shape), body tensors
+    head_mismatch: list  # the same for the head: timm's rule drops these, it does not fail
+    bad_dtype: list
+    missing: list  # model weights the checkpoint lacks
+    unexpected: list  # checkpoint tensors the model has no place for
+
+
+def _match(params, sd, keras_layout, source, interpolation):
+    """Pair each model weight with its checkpoint tensor, converted and fitted to the model's
+    grid. Raises only for a position table that cannot be resampled; `_check` judges the rest."""
     converted, values, mismatched, head_mismatch, bad_dtype = {}, {}, [], [], []
     for key, (var, layout) in params.items():
         if key not in sd:
@@ -339,20 +315,24 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_l
             bad_dtype.append(f"{key} ({value.dtype})")
             continue
         converted[key] = value = value if keras_layout else change_layout(value, layout)
-        value = fit_grid(value, layout, key, source, pos_interpolation)
+        value = fit_grid(value, layout, key, source, interpolation)
         if tuple(value.shape) != tuple(var.shape):
-            (head_mismatch if is_head(key) else mismatched).append((key, value.shape, tuple(var.shape)))
+            (head_mismatch if _is_head(key) else mismatched).append((key, value.shape, tuple(var.shape)))
             continue
         values[key] = value
-
     missing = [k for k in params if k not in sd]
     unexpected = [k for k in sd if k not in params]
-    errors = [f"tensors that are not floating point: {_fmt(bad_dtype)}"] if bad_dtype else []
-    if mismatched:
-        lines = [f"  {k}: checkpoint {tuple(a)} vs model {b} (Keras layout)" for k, a, b in mismatched[:12]]
+    return _Match(converted, values, mismatched, head_mismatch, bad_dtype, missing, unexpected)
+
+
+def _check(match, sd, family, source, model_name):
+    """Raise CheckpointMismatchError naming everything that does not fit, the head aside."""
+    errors = [f"tensors that are not floating point: {_fmt(match.bad_dtype)}"] if match.bad_dtype else []
+    if match.mismatched:
+        lines = [f"  {k}: checkpoint {tuple(a)} vs model {b} (Keras layout)" for k, a, b in match.mismatched[:12]]
         errors.append("shape mismatches:\n" + "\n".join(lines))
-    body_missing = [k for k in missing if not is_head(k)]
-    body_unexpected = [k for k in unexpected if not is_head(k)]
+    body_missing = [k for k in match.missing if not _is_head(k)]
+    body_unexpected = [k for k in match.unexpected if not _is_head(k)]
     if body_missing:
         errors.append(f"tensors the model needs but the checkpoint lacks: {_fmt(body_missing)}")
     if body_unexpected:
@@ -362,13 +342,17 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_l
         if guess and guess != family:
             errors.insert(0, f"this looks like a {guess.upper()} checkpoint, the model is a {family.upper()}")
         raise CheckpointMismatchError(
-            f"Checkpoint {source} does not fit model {model.name!r}:\n"
+            f"Checkpoint {source} does not fit model {model_name!r}:\n"
             + "\n".join(errors)
             + "\nCheck that the file is for this architecture (the timm model name) and the overrides match."
         )
 
-    head_keys = [k for k in params if is_head(k)]
-    if head_mismatch:
+
+def _head_rule(match, params, sd, source):
+    """timm's classifier rules: the values to assign, less the head when it is left out (logged)."""
+    head_keys = [k for k in params if _is_head(k)]
+    drop_head = False
+    if match.head_mismatch:
         ckpt_classes = np.shape(sd["head.bias"])[0] if "head.bias" in sd else "?"
         log.warning(
             "%s: the checkpoint's classifier has %s classes, the model's %d: backbone loaded, a fresh "
@@ -377,20 +361,19 @@ def load_state_dict(model, state_dict, *, family, source="<state dict>", keras_l
             ckpt_classes,
             params["head.weight"][0].shape[-1],
         )
-        for k in head_keys:
-            values.pop(k, None)
-    elif head_keys and any(k in missing for k in head_keys):
+        drop_head = True
+    elif head_keys and any(k in match.missing for k in head_keys):
         log.warning("%s has no classifier head: backbone loaded, head left at its random init.", source)
-        for k in head_keys:
-            values.pop(k, None)
-    if not head_keys and any(is_head(k) for k in unexpected):
+        drop_head = True
+    if not head_keys and any(_is_head(k) for k in match.unexpected):
         log.info("%s: classifier head not used (include_top=False).", source)
+    return {k: v for k, v in match.values.items() if not (drop_head and _is_head(k))}
 
+
+def _assign(params, values):
     for key, value in values.items():
         var = params[key][0]
         var.assign(value.astype(keras.backend.standardize_dtype(var.dtype)))
-    log.info("loaded %d tensors from %s into %s", len(values), source, model.name)
-    return LoadResult(converted, complete=not unexpected)
 
 
 def read_weights_file(path, *, family):
@@ -407,7 +390,7 @@ def load_weights_file(model, path, *, family, checkpoint=None):
     """Load any supported weights file into the model (format from the extension).
     `checkpoint`: the file's `read_weights_file` result when the caller has read it already."""
     path = os.fspath(path)
-    if path.endswith(".weights.h5"):
+    if path.endswith(KERAS_WEIGHTS):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file {path!r} does not exist")
         model.load_weights(path)

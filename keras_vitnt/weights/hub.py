@@ -25,6 +25,9 @@ import ssl
 
 import numpy as np
 
+from keras_vitnt.io_utils import atomic_path
+from keras_vitnt.weights import convert
+
 log = logging.getLogger("keras_vitnt")
 
 FILENAME = "model.safetensors"
@@ -183,8 +186,6 @@ def write_converted(tag, tensors):
     """Write a Keras-layout checkpoint atomically (temporary file + rename)."""
     import h5py
 
-    from keras_vitnt.io_utils import atomic_path
-
     path = converted_path(tag)
     with atomic_path(path, suffix=".h5") as tmp:  # a unique name: two processes converting at once both succeed
         with h5py.File(tmp, "w") as f:
@@ -209,18 +210,17 @@ def _with_hint(e, hint):
 def load_pretrained(model, tag, family):
     """Load a registry Tag into the model: from the conversion cache if present, else
     download (or take from the HF cache), convert, load, and cache the conversion."""
-    from keras_vitnt.weights.convert import load_state_dict, read_state_dict
-
     converted = read_converted(tag)
     if converted is not None:
         source = f"{converted_path(tag)!r} (cached conversion of {tag.hub_id})"
         try:
-            return load_state_dict(model, converted, family=family, source=source, keras_layout=True)
+            return convert.load_state_dict(model, converted, family=family, source=source, keras_layout=True)
         except ValueError as e:
             raise _with_hint(e, f"Delete {converted_path(tag)!r} to convert the checkpoint again.") from e
     path = download(tag)
     try:
-        result = load_state_dict(model, read_state_dict(path), family=family, source=f"{path!r} ({tag.hub_id})")
+        result = convert.load_state_dict(model, convert.read_state_dict(path), family=family,
+                                         source=f"{path!r} ({tag.hub_id})")
     except ValueError as e:
         raise _with_hint(
             e,

@@ -9,6 +9,8 @@ is resampled bilinearly (no antialias), as timm does for `.npz` files.
 
 import numpy as np
 
+from keras_vitnt.weights.errors import CheckpointMismatchError
+
 PREFIXES = ("", "opt/target/", "params/", "params/img/")
 
 
@@ -41,8 +43,6 @@ def npz_to_timm(w, source="<npz>"):
 
     def get(name, idx=None):
         if prefix + name not in keys:
-            from keras_vitnt.weights.convert import CheckpointMismatchError
-
             raise CheckpointMismatchError(
                 f"{source} has no array {prefix + name!r}: it is not a plain ViT checkpoint in the vit_jax or "
                 "big_vision layout (hybrid, Mixer and other variants do not load from .npz), or it is incomplete."

@@ -1,0 +1,178 @@
+"""One typed config per architecture: every fact of a model (widths, depth, norm eps, token
+init, pooling, position embedding, default input size and normalisation) in one frozen
+dataclass, which the registry holds and the builder, the trunks and the parameter count
+read: the trunks pass every number to the layers from here (the layers' own defaults are
+only those of a layer used on its own).
+
+Fields marked `timm=True` are the keywords of timm's constructor for the family (same name,
+same meaning) and can be overridden by name: `create_model("vit_small_patch16_224",
+depth=4)`. The others are facts timm hard-codes for the family (LayerNorm eps, init std).
+A new architecture option is one field here plus its use in the family's trunk.
+"""
+
+import dataclasses
+import typing
+
+from keras_vitnt.layers.embedding import POS_EMBED_KINDS
+from keras_vitnt.layers.tnt import words_per_side
+
+# (mean, std) pairs of timm's pretrained configs, by timm's constant names
+NORMS = {
+    "INCEPTION": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "IMAGENET": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "CLIP": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+
+# timm's spelling of position-embedding kinds, accepted as aliases
+_POS_ALIASES = {"learn": "learned_1d", "": "none", None: "none"}
+
+
+def timm_field(default):
+    """A field that is one of timm's constructor keywords (overridable by name)."""
+    return dataclasses.field(default=default, metadata={"timm": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchConfig:
+    """Fields and checks every family shares."""
+
+    family: typing.ClassVar[str] = ""
+
+    img_size: object = timm_field(224)  # int or (height, width); the default input size
+    patch_size: int = timm_field(16)
+    embed_dim: int = timm_field(768)
+    depth: int = timm_field(12)
+    mlp_ratio: float = timm_field(4.0)
+    global_pool: str = timm_field("token")  # "token" (class token) or "avg" (mean of the patch tokens)
+    pos_embed: str = timm_field("learned_1d")  # one of POS_EMBED_KINDS (timm's "learn" / "none" accepted)
+    norm_eps: float = 1e-6  # timm's LayerNorm eps for the family
+    cls_token_std: float = 0.02  # timm's init std of the class token
+    norm: str = "INCEPTION"  # the normalisation (a NORMS key) when the weights name none
+
+    @classmethod
+    def overridable(cls):
+        """timm's keyword names a caller may override (the input size comes from input_shape)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("timm") and f.name != "img_size")
+
+    def timm_kwargs(self):
+        """The timm keyword fields as a dict (a square input size as one int, as timm writes it)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("timm")}
+        h, w = self.img_size
+        out["img_size"] = h if h == w else (h, w)
+        return out
+
+    def replace(self, **overrides):
+        """A checked copy with timm-named overrides applied."""
+        unknown = sorted(set(overrides) - set(self.overridable()))
+        if unknown:
+            raise TypeError(
+                f"Unknown keyword argument(s) {unknown} for a {self.family.upper()} model. Architecture overrides "
+                f"use timm's names: {sorted(self.overridable())}."
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def __post_init__(self):
+        pos = _POS_ALIASES.get(self.pos_embed, self.pos_embed)
+        if pos not in POS_EMBED_KINDS:
+            raise ValueError(f"pos_embed={self.pos_embed!r}: choose one of {POS_EMBED_KINDS}")
+        object.__setattr__(self, "pos_embed", pos)
+        img = self.img_size
+        object.__setattr__(self, "img_size", (img, img) if isinstance(img, int) else tuple(img))
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool={self.global_pool!r}: choose 'token' (class token) or 'avg'")
+
+    @property
+    def mean_std(self):
+        return NORMS[self.norm]
+
+    @property
+    def num_prefix_tokens(self):
+        return 1
+
+    def with_input_size(self, height, width):
+        return dataclasses.replace(self, img_size=(height, width))
+
+    def _pos_params(self, dim):
+        gh, gw = (s // self.patch_size for s in self.img_size)
+        prefix = self.num_prefix_tokens
+        if self.pos_embed == "learned_1d":
+            return (prefix + gh * gw) * dim
+        if self.pos_embed == "learned_2d":
+            return (gh + gw) * (dim // 2) + prefix * dim
+        return 0
+
+
+def _mlp_params(dim, hidden):
+    return dim * hidden + hidden + hidden * dim + dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig(ArchConfig):
+    """timm's `VisionTransformer` (and DeiT's `VisionTransformerDistilled` with distilled=True)."""
+
+    family: typing.ClassVar[str] = "vit"
+
+    num_heads: int = timm_field(12)
+    qkv_bias: bool = timm_field(True)
+    class_token: bool = timm_field(True)
+    distilled: bool = timm_field(False)  # DeiT's distillation token and second head
+    norm_eps: float = 1e-6  # partial(nn.LayerNorm, eps=1e-6)
+    cls_token_std: float = 1e-6  # normal_(cls_token, std=1e-6)
+    dist_token_std: float = 0.02  # trunc_normal_(dist_token, std=.02)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.class_token:
+            if self.distilled:
+                raise ValueError("distilled=True needs class_token=True (DeiT has both tokens)")
+            if self.global_pool == "token":
+                raise ValueError("class_token=False needs global_pool='avg': there is no token to classify from")
+
+    @property
+    def num_prefix_tokens(self):
+        return int(self.class_token) + int(self.distilled)
+
+    def count_params(self, classes=1000, include_top=True):
+        """Parameter count from the config alone (tested against timm and the built model)."""
+        d, p = self.embed_dim, self.patch_size
+        qkv = 3 * d * d + (3 * d if self.qkv_bias else 0)
+        block = 4 * d + qkv + d * d + d + _mlp_params(d, int(d * self.mlp_ratio))
+        total = 3 * p * p * d + d + self.num_prefix_tokens * d + self._pos_params(d) + self.depth * block + 2 * d
+        head = d * classes + classes if include_top and classes else 0
+        return total + head * (2 if self.distilled else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TNTConfig(ArchConfig):
+    """timm's `tnt.TNT`: inner (pixel) and outer (patch) transformers."""
+
+    family: typing.ClassVar[str] = "tnt"
+
+    embed_dim: int = timm_field(384)
+    inner_dim: int = timm_field(24)
+    num_heads_inner: int = timm_field(4)
+    num_heads_outer: int = timm_field(6)
+    qkv_bias: bool = timm_field(False)
+    first_stride: int = timm_field(4)
+    legacy: bool = timm_field(False)  # the original release's layout (tnt_s_legacy_patch16_224)
+    norm_eps: float = 1e-5  # nn.LayerNorm's default
+    cls_token_std: float = 0.02  # trunc_normal_(cls_token, std=.02)
+    inner_mlp_ratio: float = 4.0  # timm's Block: Mlp(hidden_features=4 * inner_dim)
+
+    def count_params(self, classes=1000, include_top=True):
+        """Parameter count from the config alone (tested against timm and the built model)."""
+        d, c, bias = self.embed_dim, self.inner_dim, self.qkv_bias
+        words = words_per_side(self.patch_size, self.first_stride) ** 2
+
+        def attn(dim):
+            return 4 * dim * dim + (3 * dim if bias else 0) + dim
+
+        stem = 3 * 49 * c + c + words * c + 2 * words * c + words * c * d + d + 2 * d + d + self._pos_params(d)
+        inner = 2 * c + attn(c) + 2 * c + _mlp_params(c, int(c * self.inner_mlp_ratio))
+        fuse = 2 * c + words * c * d + d if self.legacy else 2 * words * c + words * c * d + 2 * d
+        outer = 2 * d + attn(d) + 2 * d + _mlp_params(d, int(d * self.mlp_ratio))
+        head = d * classes + classes if include_top and classes else 0
+        return stem + self.depth * (inner + fuse + outer) + 2 * d + head
+
+
+CONFIGS = {cls.family: cls for cls in (ViTConfig, TNTConfig)}
