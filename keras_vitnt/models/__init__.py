@@ -6,6 +6,13 @@
   vit.py, tnt.py   the trunks (layers wired from a config)
   builder.py       preprocessing + trunk + head, weights loaded
   applications.py  the public constructors
+
+A new architecture option of a family: a field in its config (`timm_field(default)`, under
+timm's keyword name; overridable by name, listed in the constructors' docstrings and checked
+by `replace`), its use in the trunk (passed to a layer), and its term in `count_params`; a
+layer that gains weights gets its row in weights/timm_map.py. A new family: a config class
+(in `CONFIGS`), a trunk (in `builder.TRUNKS`), its timm name pattern in the registry, and the
+map rows of any new layer. Constructors, builder, resolver, CLI and loader stay as they are.
 """
 
 from keras_vitnt.models.applications import DeiT, TNT, ViT, create_model
