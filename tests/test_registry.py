@@ -52,6 +52,10 @@ def test_tnt_param_counts_are_the_published_ones():
               ("tnt_s_patch16_224", "tnt_b_patch16_224", "tnt_s_legacy_patch16_224")}
     assert counts == {"tnt_s_patch16_224": 23_768_584, "tnt_b_patch16_224": 65_428_680,
                       "tnt_s_legacy_patch16_224": 23_755_336}
+    # the older spelling (a family and its timm keywords, ModelInfo.arch) still counts the same
+    legacy = registry.REGISTRY["tnt_s_legacy_patch16_224"]
+    assert legacy.arch["legacy"] is True and legacy.arch["img_size"] == 224
+    assert registry.count_params("tnt", legacy.arch) == 23_755_336
 
 
 def _keras_count(name):
