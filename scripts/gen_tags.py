@@ -1,58 +1,150 @@
-"""Regenerates keras_vitnt/models/tags.py from timm's pretrained configs.
+"""Regenerates keras_vitnt/models/tags.py from timm itself: every architecture timm builds with
+its `VisionTransformer` (vision_transformer.py, deit.py) and `TNT` classes, with the keywords its
+constructor gets (read by intercepting timm's model factories, so nothing is built), and the
+pretrained tags of each from timm's pretrained configs.
 
 Developer tool (needs timm installed); the library never imports timm at run time.
     .venv/bin/python scripts/gen_tags.py
 """
 
+import functools
 import pathlib
-import re
+import pprint
 
 import timm
+import timm.models.deit as deit
+import timm.models.tnt as tnt
+import timm.models.vision_transformer as vt
 from timm.models import get_pretrained_cfg
 from timm.models._registry import _model_default_cfgs
 
-PATTERN = re.compile(
-    r"^(vit_(tiny|small|base|large|huge)_patch(8|14|16|32)_(224|384)"
-    r"|deit_(tiny|small|base)(_distilled)?_patch16_(224|384)"
-    r"|tnt_(s|b|s_legacy)_patch16_224)$"
-)
 NORMS = {
     (0.5, 0.5, 0.5): "INCEPTION",
     (0.485, 0.456, 0.406): "IMAGENET",
     (0.48145466, 0.4578275, 0.40821073): "CLIP",
+    (0.0, 0.0, 0.0): "NONE",
 }
+# timm keyword -> the config field of the same meaning (same name unless listed)
+VIT_KEYS = {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "class_token", "reg_tokens",
+            "no_embed_class", "init_values", "pre_norm", "fc_norm", "final_norm", "global_pool", "distilled",
+            "img_size", "act_layer"}
+TNT_KEYS = {"embed_dim", "inner_dim", "depth", "num_heads_inner", "num_heads_outer", "patch_size", "mlp_ratio",
+            "qkv_bias", "first_stride", "legacy", "img_size"}
+IGNORED = {"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "dynamic_img_size"}  # same numbers at a fixed size
+SUPPORTED_POOLS = ("token", "avg")
+SUPPORTED_ACTS = ("gelu", "gelu_tanh", "quick_gelu")
+
+
+class _Captured(Exception):
+    pass
+
+
+def constructor_kwargs():
+    """{model name: (family, the keywords timm's entrypoint passes to the model class)}."""
+    captured = {}
+
+    def capture(family, variant, pretrained=False, **kwargs):
+        captured[variant] = (family, kwargs)
+        raise _Captured
+
+    vt._create_vision_transformer = functools.partial(capture, "vit")
+    deit._create_deit = functools.partial(capture, "vit")
+    tnt._create_tnt = functools.partial(capture, "tnt")
+    names = [n for module in ("vision_transformer", "deit", "tnt") for n in timm.list_models(module=module)]
+    for name in names:
+        try:
+            timm.create_model(name)
+        except _Captured:
+            pass
+    return {n: captured[n] for n in names}
+
+
+def _norm_eps(norm_layer):
+    """LayerNorm eps of a timm norm_layer argument (None: not a LayerNorm)."""
+    if norm_layer is None:
+        return 1e-6  # VisionTransformer's default: timm's LayerNorm, eps 1e-6
+    if isinstance(norm_layer, str):
+        return None  # a name ("rmsnorm")
+    func = norm_layer.func if isinstance(norm_layer, functools.partial) else norm_layer
+    if getattr(func, "__name__", "") != "LayerNorm":
+        return None
+    default = 1e-5 if func.__module__.startswith("torch") else 1e-6
+    return norm_layer.keywords.get("eps", default) if isinstance(norm_layer, functools.partial) else default
+
+
+def _shown(value):
+    return getattr(value, "__name__", None) or getattr(getattr(value, "func", None), "__name__", None) or value
+
+
+def config_kwargs(name, family, kwargs):
+    """-> (our config's keywords, None) or (None, why it is not supported)."""
+    cfg = get_pretrained_cfg(name).to_dict() if name in _model_default_cfgs else {}
+    out, problems = {}, []
+    keys = VIT_KEYS if family == "vit" else TNT_KEYS
+    for key, value in kwargs.items():
+        if key in IGNORED:
+            continue
+        if key == "norm_layer" and family == "vit":
+            eps = _norm_eps(value)
+            if eps is None:
+                problems.append(f"norm_layer={_shown(value)}")
+            else:
+                out["norm_eps"] = eps
+        elif key == "act_layer" and not (isinstance(value, str) and value in SUPPORTED_ACTS):
+            problems.append(f"act_layer={_shown(value)}")
+        elif key == "global_pool" and value not in SUPPORTED_POOLS:
+            problems.append(f"global_pool={value!r}")
+        elif key in keys:
+            out[key] = value
+        else:
+            problems.append(f"{key}={_shown(value)}")
+    if "img_size" not in out:
+        h, w = (cfg.get("input_size") or (3, 224, 224))[1:]
+        out["img_size"] = h if h == w else (h, w)
+    size, patch = out["img_size"], out.get("patch_size", 16)
+    if any(s % patch for s in ((size, size) if isinstance(size, int) else size)):
+        problems.append(f"img_size {size} not divisible by patch_size {patch} (timm drops the last pixels)")
+    if problems:
+        return None, ", ".join(sorted(problems))
+    return out, None
+
+
+def tag_rows(name):
+    rows = []
+    for tag in _model_default_cfgs[name].tags:  # timm's own order: the first tag is the default one
+        full = f"{name}.{tag}"
+        cfg = get_pretrained_cfg(full).to_dict()
+        if cfg.get("hf_hub_id") != "timm/" + full or cfg.get("hf_hub_filename"):
+            continue  # no weights on the hub, or not timm's model.safetensors (e.g. an open_clip file)
+        _, h, w = cfg["input_size"]
+        rows.append((tag, cfg["num_classes"], h if h == w else (h, w), NORMS[tuple(cfg["mean"])], cfg["crop_pct"],
+                     cfg["interpolation"]))
+    return rows
 
 
 def main():
-    names = sorted(n for n in timm.list_models() if PATTERN.match(n))
-    lines = [
-        '"""Pretrained tags of every registered model, generated by scripts/gen_tags.py from',
-        "timm's pretrained configs (hub id `timm/<model>.<tag>`, file `model.safetensors`).",
-        "",
-        "TAGS[model] = [(tag, num_classes, input_size, norm, crop_pct), ...], the default tag first;",
-        'norm names a (mean, std) pair in keras_vitnt.models.config.NORMS. Do not edit by hand."""',
-        "",
-        "TAGS = {",
-    ]
-    for name in names:
-        lines.append(f"    {name!r}: [")
-        # timm's own order: the first tag is the default one
-        for tag in _model_default_cfgs[name].tags:
-            full = f"{name}.{tag}"
-            cfg = get_pretrained_cfg(full).to_dict()
-            if not cfg.get("hf_hub_id"):
-                continue  # e.g. `.untrained`: no weights on the hub
-            assert cfg["interpolation"] == "bicubic", full
-            assert cfg["hf_hub_id"] == "timm/" + full, full
-            norm = NORMS[tuple(cfg["mean"])]
-            lines.append(
-                f"        ({tag!r}, {cfg['num_classes']}, {cfg['input_size'][1]}, {norm!r}, {cfg['crop_pct']}),"
-            )
-        lines.append("    ],")
-    lines.append("}")
+    archs, tags, unsupported = {}, {}, {}
+    for name, (family, kwargs) in constructor_kwargs().items():
+        config, why = config_kwargs(name, family, kwargs)
+        if why:
+            unsupported[name] = why
+            continue
+        archs[name] = (family, config)
+        tags[name] = tag_rows(name)
+    text = (
+        '"""Every registered model, generated by scripts/gen_tags.py from timm itself. Do not edit by hand.\n\n'
+        "ARCHS[model] = (family, config keywords): the keywords timm's entrypoint passes to its model\n"
+        "class, in the config's names (norm_layer read as norm_eps).\n"
+        "TAGS[model] = [(tag, num_classes, input_size, norm, crop_pct, interpolation), ...], the default tag\n"
+        "first; norm names a (mean, std) pair in keras_vitnt.models.config.NORMS.\n"
+        'UNSUPPORTED[model] = the options of timm models not registered yet."""\n\n'
+        f"ARCHS = {pprint.pformat(archs, width=120, sort_dicts=True)}\n\n"
+        f"TAGS = {pprint.pformat(tags, width=120, sort_dicts=True)}\n\n"
+        f"UNSUPPORTED = {pprint.pformat(unsupported, width=120, sort_dicts=True)}\n"
+    )
     out = pathlib.Path(__file__).resolve().parents[1] / "keras_vitnt" / "models" / "tags.py"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out} ({len(names)} models)")
+    out.write_text(text)
+    print(f"wrote {out}: {len(archs)} models registered, {len(unsupported)} not yet supported")
 
 
 if __name__ == "__main__":

@@ -44,12 +44,12 @@ class TorchConv2D(keras.layers.Conv2D):
         super().build(input_shape)
 
 
-def conv(filters, kernel_size, strides, name="proj"):
+def conv(filters, kernel_size, strides, name="proj", use_bias=True):
     """A "valid" TorchConv2D (padding, where needed, is explicit)."""
     # kaiming_uniform(a=sqrt(5)): U(+-sqrt(6 / ((1 + 5) fan_in))) = U(+-1/sqrt(fan_in))
     kernel_init = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
     return TorchConv2D(filters, kernel_size, strides=strides, padding="valid", kernel_initializer=kernel_init,
-                       name=name)
+                       use_bias=use_bias, name=name)
 
 
 @register

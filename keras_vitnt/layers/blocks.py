@@ -34,15 +34,31 @@ def gelu(x):
     return ops.gelu(x, approximate=False)
 
 
+# timm's act_layer names -> the function (timm.layers.create_act)
+ACTIVATIONS = {
+    "gelu": gelu,
+    "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * ops.sigmoid(ops.cast(1.702, x.dtype) * x),  # CLIP's
+}
+
+
+def activation(name):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 @register
 class Mlp(SharedDtypePolicy, keras.layers.Layer):
-    """fc1 -> exact (erf) GELU -> fc2, timm's `Mlp`."""
+    """fc1 -> activation (exact GELU unless `act` names another) -> fc2, timm's `Mlp`."""
 
-    def __init__(self, hidden_dim, out_dim, drop=0.0, **kwargs):
+    def __init__(self, hidden_dim, out_dim, drop=0.0, act="gelu", **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
         self.out_dim = int(out_dim)
         self.drop = float(drop)
+        self.act = str(act)
+        self.act_fn = activation(self.act)
         self.fc1 = dense(self.hidden_dim, "fc1")
         self.fc2 = dense(self.out_dim, "fc2")
         self.dropout = keras.layers.Dropout(self.drop)
@@ -61,14 +77,37 @@ class Mlp(SharedDtypePolicy, keras.layers.Layer):
         return ops.reshape(y, tuple(shape) + (self.out_dim,))
 
     def _rows(self, x, training):
-        x = self.dropout(gelu(self.fc1(x)), training=training)
+        x = self.dropout(self.act_fn(self.fc1(x)), training=training)
         return self.dropout(self.fc2(x), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape[:-1] + (self.out_dim,)
 
     def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim, "drop": self.drop}
+        return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim, "drop": self.drop,
+                "act": self.act}
+
+
+@register
+class LayerScale(keras.layers.Layer):
+    """x * gamma per channel, timm's `LayerScale` (DeiT III, DINOv2): gamma starts at `init_values`."""
+
+    def __init__(self, init_values=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.init_values = float(init_values)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer=keras.initializers.Constant(
+            self.init_values), name="gamma")
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "init_values": self.init_values}
 
 
 @register
@@ -111,7 +150,8 @@ def add_residual(rows, y, tokens, drop_path, training):
 
 @register
 class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
-    """Pre-norm ViT block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`."""
+    """Pre-norm ViT block: `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`; the
+    LayerScales only with `init_values` (timm's `Block`)."""
 
     def __init__(
         self,
@@ -123,6 +163,8 @@ class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
         attn_drop=0.0,
         proj_drop=0.0,
         norm_eps=1e-6,
+        init_values=None,
+        act="gelu",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -134,27 +176,38 @@ class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
         self.attn_drop = float(attn_drop)
         self.proj_drop = float(proj_drop)
         self.norm_eps = float(norm_eps)
+        self.init_values = None if init_values is None else float(init_values)
+        self.act = str(act)
         self.norm1 = layer_norm(self.norm_eps, "norm1")
         self.attn = Attention(
             self.dim, self.num_heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop, proj_drop=self.proj_drop,
             name="attn",
         )
         self.norm2 = layer_norm(self.norm_eps, "norm2")
-        self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, drop=self.proj_drop, name="mlp")
+        self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, drop=self.proj_drop, act=self.act, name="mlp")
+        scaled = self.init_values is not None
+        self.ls1 = LayerScale(self.init_values, name="ls1") if scaled else None
+        self.ls2 = LayerScale(self.init_values, name="ls2") if scaled else None
         self.drop_path_layer = DropPath(self.drop_path)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
-            layer.build(input_shape)
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.ls1, self.ls2):
+            if layer is not None:
+                layer.build(input_shape)
 
     def call(self, x, training=None, return_attention_scores=False):
         rows, t = tokens_2d(x)  # the residual stream as (B*T, D) rows: see attention.py
         y = self.attn(self.norm1(rows), training=training, return_attention_scores=return_attention_scores, tokens=t)
         if return_attention_scores:
             y, weights = y
+        if self.ls1 is not None:
+            y = self.ls1(y)
         rows = add_residual(rows, y, t, self.drop_path_layer, training)
-        rows = add_residual(rows, self.mlp(self.norm2(rows), training=training), t, self.drop_path_layer, training)
+        y = self.mlp(self.norm2(rows), training=training)
+        if self.ls2 is not None:
+            y = self.ls2(y)
+        rows = add_residual(rows, y, t, self.drop_path_layer, training)
         x = ops.reshape(rows, (-1, t, self.dim))
         return (x, weights) if return_attention_scores else x
 
@@ -172,4 +225,6 @@ class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
             "attn_drop": self.attn_drop,
             "proj_drop": self.proj_drop,
             "norm_eps": self.norm_eps,
+            "init_values": self.init_values,
+            "act": self.act,
         }

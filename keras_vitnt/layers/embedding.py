@@ -49,13 +49,15 @@ def unfold_patches(x, patch_size):
 @register
 class PatchEmbedding(SharedDtypePolicy, keras.layers.Layer):
     """Conv2D with kernel = stride = P, flattened to (B, N, D) in row-major order; initialised
-    as timm's `patch_embed.proj` (PyTorch's Conv2d default, see `TorchConv2D`)."""
+    as timm's `patch_embed.proj` (PyTorch's Conv2d default, see `TorchConv2D`). `bias=False`
+    for the models that normalise right after it (timm's pre_norm, CLIP)."""
 
-    def __init__(self, patch_size, embed_dim, **kwargs):
+    def __init__(self, patch_size, embed_dim, bias=True, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
         self.embed_dim = int(embed_dim)
-        self.proj = conv(self.embed_dim, self.patch_size, strides=self.patch_size)
+        self.bias = bool(bias)
+        self.proj = conv(self.embed_dim, self.patch_size, strides=self.patch_size, use_bias=self.bias)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -71,27 +73,32 @@ class PatchEmbedding(SharedDtypePolicy, keras.layers.Layer):
         return (b, (h // self.patch_size) * (w // self.patch_size), self.embed_dim)
 
     def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "embed_dim": self.embed_dim}
+        return {**super().get_config(), "patch_size": self.patch_size, "embed_dim": self.embed_dim, "bias": self.bias}
 
 
 @register
 class PrefixTokens(keras.layers.Layer):
-    """Prepends learned tokens: the class token, and DeiT's distillation token.
+    """Prepends learned tokens, in timm's order: the class token, DeiT's distillation token,
+    then `reg_tokens` register tokens (DINOv2 with registers, the `reg*` ViTs).
 
-    `num_tokens=1` gives `[cls]`, `2` gives `[cls, dist]` as in timm's distilled DeiT.
-    Both start normal as in timm: `token_init_std` is the class token's std (1e-6 for ViT and
-    DeiT, 0.02 for TNT), `dist_token_init_std` the distillation token's (0.02).
+    `num_tokens`: 0 (no class token), 1 `[cls]` or 2 `[cls, dist]` (timm's distilled DeiT).
+    All start normal as in timm: `token_init_std` is the class token's std (1e-6 for ViT and
+    DeiT, 0.02 for TNT), `dist_token_init_std` the distillation token's (0.02), the registers' 1e-6.
     """
 
     WEIGHT_NAMES = ("cls_token", "dist_token")  # variable names: saved .keras files depend on them
 
-    def __init__(self, num_tokens=1, token_init_std=1e-6, dist_token_init_std=0.02, **kwargs):
+    def __init__(self, num_tokens=1, token_init_std=1e-6, dist_token_init_std=0.02, reg_tokens=0,
+                 reg_token_init_std=1e-6, **kwargs):
         super().__init__(**kwargs)
-        if num_tokens not in (1, 2):
-            raise ValueError(f"PrefixTokens: num_tokens must be 1 (class) or 2 (class + distillation), got {num_tokens}")
+        if num_tokens not in (0, 1, 2) or reg_tokens < 0 or (num_tokens == 2 and reg_tokens):
+            raise ValueError(f"PrefixTokens: num_tokens must be 0, 1 (class) or 2 (class + distillation, no "
+                             f"registers), got {num_tokens} with {reg_tokens} registers")
         self.num_tokens = int(num_tokens)
         self.token_init_std = float(token_init_std)
         self.dist_token_init_std = float(dist_token_init_std)
+        self.reg_tokens = int(reg_tokens)
+        self.reg_token_init_std = float(reg_token_init_std)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -101,16 +108,22 @@ class PrefixTokens(keras.layers.Layer):
             self.add_weight(shape=(1, 1, dim), initializer=timm_normal(stds[i]), name=self.WEIGHT_NAMES[i])
             for i in range(self.num_tokens)
         ]
+        self.registers = None
+        if self.reg_tokens:
+            self.registers = self.add_weight(shape=(1, self.reg_tokens, dim),
+                                             initializer=timm_normal(self.reg_token_init_std), name="reg_token")
 
     def call(self, x):
         batch = ops.shape(x)[0]
         dim = x.shape[-1]
         tokens = [ops.broadcast_to(ops.cast(t, x.dtype), (batch, 1, dim)) for t in self.tokens]
+        if self.registers is not None:
+            tokens.append(ops.broadcast_to(ops.cast(self.registers, x.dtype), (batch, self.reg_tokens, dim)))
         return ops.concatenate(tokens + [x], axis=1)
 
     def compute_output_shape(self, input_shape):
         b, n, d = input_shape
-        return (b, None if n is None else n + self.num_tokens, d)
+        return (b, None if n is None else n + self.num_tokens + self.reg_tokens, d)
 
     def get_config(self):
         return {
@@ -118,6 +131,8 @@ class PrefixTokens(keras.layers.Layer):
             "num_tokens": self.num_tokens,
             "token_init_std": self.token_init_std,
             "dist_token_init_std": self.dist_token_init_std,
+            "reg_tokens": self.reg_tokens,
+            "reg_token_init_std": self.reg_token_init_std,
         }
 
 

@@ -69,11 +69,11 @@ def create(spec, overrides, options):
     grid_for(config.img_size, config.patch_size, what=options.name or spec.name)
     if options.include_preprocessing:
         x = Preprocess(*weights.mean_std(options.mean, options.std), name="preprocess")(x)
-    tokens, normed = TRUNKS[config.family](x, config, options.drop_path_rate)
+    tokens, head_norm = TRUNKS[config.family](x, config, options.drop_path_rate)
     if options.include_top:
-        outputs = _head(tokens, config, normed, classes, options)
+        outputs = _head(tokens, config, head_norm, classes, options)
     else:
-        outputs = _features(tokens, config, normed, options.pooling)
+        outputs = _features(tokens, config, head_norm, options.pooling)
     model = keras.Model(inputs, outputs, name=options.name or spec.name)
     weights.load(model)
     return model
@@ -95,34 +95,31 @@ def _inputs(config, options):
     return keras.utils.get_source_inputs(tensor), tensor, config.with_input_size(*shape[:2])
 
 
-def _head(tokens, config, normed, classes, options):
-    """Pooling, dropout and the classifier, as timm's `forward_head`."""
+def _head(tokens, config, head_norm, classes, options):
+    """Pooling, fc_norm (`head_norm`), dropout and the classifier, as timm's `forward_head`."""
     prefix = config.num_prefix_tokens
-    if config.global_pool == "avg":
-        y = TokenPool("avg", prefix, name="pool")(tokens)
-        if not normed:
-            y = layer_norm(config.norm_eps, "fc_norm")(y)
-        y = keras.layers.Dropout(options.drop_rate, name="head_drop")(y)
-        y = dense(classes, "head")(y)
-    elif getattr(config, "distilled", False):
+    if getattr(config, "distilled", False):
         a = dense(classes, "head")(TokenPool("token", prefix, name="pool")(tokens))
         b = dense(classes, "head_dist")(TokenPool("dist", prefix, name="pool_dist")(tokens))
         y = keras.layers.Average(name="head_avg")([a, b])
     else:
-        y = TokenPool("token", prefix, name="pool")(tokens)
+        y = _pooled(tokens, config, head_norm, config.global_pool)
         y = keras.layers.Dropout(options.drop_rate, name="head_drop")(y)
         y = dense(classes, "head")(y)
     return keras.layers.Activation(options.classifier_activation, dtype="float32", name="predictions")(y)
 
 
-def _features(tokens, config, normed, pooling):
+def _features(tokens, config, head_norm, pooling):
     """include_top=False: the token sequence, or the pooled features timm's `forward_head(pre_logits=True)` gives."""
-    prefix = config.num_prefix_tokens
-    if pooling == "token":
-        if prefix == 0:
-            raise ValueError("pooling='token' needs a class token; this model has none (use pooling='avg')")
-        return TokenPool("dist_avg" if getattr(config, "distilled", False) else "token", prefix, name="pool")(tokens)
-    if pooling == "avg":
-        outputs = TokenPool("avg", prefix, name="pool")(tokens)
-        return outputs if normed else layer_norm(config.norm_eps, "fc_norm")(outputs)
-    return tokens
+    if pooling is None:
+        return tokens
+    if pooling == "token" and not getattr(config, "class_token", True):
+        raise ValueError("pooling='token' needs a class token; this model has none (use pooling='avg')")
+    if pooling == "token" and getattr(config, "distilled", False):
+        return TokenPool("dist_avg", config.num_prefix_tokens, name="pool")(tokens)
+    return _pooled(tokens, config, head_norm, pooling)
+
+
+def _pooled(tokens, config, head_norm, pooling):
+    y = TokenPool(pooling, config.num_prefix_tokens, name="pool")(tokens)
+    return layer_norm(config.norm_eps, "fc_norm")(y) if head_norm else y

@@ -13,6 +13,7 @@ A new architecture option is one field here plus its use in the family's trunk.
 import dataclasses
 import typing
 
+from keras_vitnt.layers.blocks import ACTIVATIONS
 from keras_vitnt.layers.embedding import POS_EMBED_KINDS
 from keras_vitnt.layers.tnt import words_per_side
 
@@ -21,6 +22,7 @@ NORMS = {
     "INCEPTION": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "IMAGENET": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "CLIP": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "NONE": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # inputs in 0..1, as these checkpoints were trained
 }
 
 # timm's spelling of position-embedding kinds, accepted as aliases
@@ -89,12 +91,17 @@ class ArchConfig:
     def num_prefix_tokens(self):
         return 1
 
+    @property
+    def pos_prefix_tokens(self):
+        """Prefix tokens the position table has rows for."""
+        return self.num_prefix_tokens
+
     def with_input_size(self, height, width):
         return dataclasses.replace(self, img_size=(height, width))
 
     def _pos_params(self, dim):
         gh, gw = (s // self.patch_size for s in self.img_size)
-        prefix = self.num_prefix_tokens
+        prefix = self.pos_prefix_tokens
         if self.pos_embed == "learned_1d":
             return (prefix + gh * gw) * dim
         if self.pos_embed == "learned_2d":
@@ -116,9 +123,17 @@ class ViTConfig(ArchConfig):
     qkv_bias: bool = timm_field(True)
     class_token: bool = timm_field(True)
     distilled: bool = timm_field(False)  # DeiT's distillation token and second head
-    norm_eps: float = 1e-6  # partial(nn.LayerNorm, eps=1e-6)
+    reg_tokens: int = timm_field(0)  # register tokens after the class token (DINOv2 with registers)
+    no_embed_class: bool = timm_field(False)  # the position table covers the patches only (DeiT III, registers)
+    init_values: float = timm_field(None)  # LayerScale in every block, starting at this value (DeiT III, DINOv2)
+    pre_norm: bool = timm_field(False)  # a LayerNorm before the blocks (CLIP's norm_pre)
+    fc_norm: bool = timm_field(None)  # final norm after pooling; None: for global_pool="avg" only
+    final_norm: bool = timm_field(True)  # False: neither norm nor fc_norm
+    act_layer: str = timm_field("gelu")  # MLP activation: gelu (exact), gelu_tanh, quick_gelu
+    norm_eps: float = 1e-6  # partial(nn.LayerNorm, eps=1e-6); 1e-5 for CLIP towers
     cls_token_std: float = 1e-6  # normal_(cls_token, std=1e-6)
     dist_token_std: float = 0.02  # trunc_normal_(dist_token, std=.02)
+    reg_token_std: float = 1e-6  # normal_(reg_token, std=1e-6)
 
     def __post_init__(self):
         super().__post_init__()
@@ -127,17 +142,34 @@ class ViTConfig(ArchConfig):
                 raise ValueError("distilled=True needs class_token=True (DeiT has both tokens)")
             if self.global_pool == "token":
                 raise ValueError("class_token=False needs global_pool='avg': there is no token to classify from")
+        if self.distilled and self.reg_tokens:
+            raise ValueError("distilled=True takes no reg_tokens (timm's distilled DeiT has none)")
+        if self.act_layer not in ACTIVATIONS:
+            raise ValueError(f"act_layer={self.act_layer!r}: choose one of {', '.join(ACTIVATIONS)}")
 
     @property
     def num_prefix_tokens(self):
-        return int(self.class_token) + int(self.distilled)
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
+    def pos_prefix_tokens(self):
+        return 0 if self.no_embed_class else self.num_prefix_tokens
+
+    @property
+    def head_norm(self):
+        """Whether the final norm comes after pooling (timm's fc_norm) rather than before it."""
+        use_fc_norm = self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+        return self.final_norm and use_fc_norm
 
     def count_params(self, classes=1000, include_top=True):
         """Parameter count from the config alone (tested against timm and the built model)."""
         d, p = self.embed_dim, self.patch_size
         qkv = 3 * d * d + (3 * d if self.qkv_bias else 0)
-        block = 4 * d + qkv + d * d + d + _mlp_params(d, int(d * self.mlp_ratio))
-        total = 3 * p * p * d + d + self.num_prefix_tokens * d + self._pos_params(d) + self.depth * block + 2 * d
+        scale = 2 * d if self.init_values is not None else 0
+        block = 4 * d + qkv + d * d + d + _mlp_params(d, int(d * self.mlp_ratio)) + scale
+        norms = 2 * d * (int(self.pre_norm) + int(self.final_norm))
+        stem = 3 * p * p * d + (0 if self.pre_norm else d) + self.num_prefix_tokens * d + self._pos_params(d)
+        total = stem + self.depth * block + norms
         head = d * classes + classes if include_top and classes else 0
         return total + head * (2 if self.distilled else 1)
 

@@ -1,8 +1,9 @@
 """The one table of registered models, keyed by timm names.
 
-Each entry holds the architecture config (`config.py`, decoded from the name) and the
-pretrained tags (from `tags.py`, generated from timm). Everything else, the constructors,
-`list_models()`, the CLI and the parameter counts, reads from here. The one naming rule of
+Each entry holds the architecture config (`config.py`, with the keywords timm's entrypoint
+passes to its model class) and the pretrained tags, both generated from timm (`tags.py`).
+Everything else, the constructors, `list_models()`, the CLI and the parameter counts, reads
+from here. The one naming rule of
 the CLI and `create_model` (`parse_model_name`) lives here too.
 """
 
@@ -12,7 +13,7 @@ import fnmatch
 import re
 
 from keras_vitnt.models.config import CONFIGS, NORMS, ArchConfig, TNTConfig, ViTConfig
-from keras_vitnt.models.tags import TAGS
+from keras_vitnt.models.tags import ARCHS, TAGS
 
 # Published ImageNet-1k top-1 of the pretrained weights (timm's results table for the
 # augreg ViTs; the DeiT and TNT papers for theirs).
@@ -107,34 +108,18 @@ class ModelInfo:
         return (t.mean, t.std) if t else self.config.mean_std
 
 
-# timm name patterns of each family -> config
-_VIT_NAME = re.compile(r"^vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)$")
-_DEIT_NAME = re.compile(r"^deit_(tiny|small|base)(_distilled)?_patch(\d+)_(\d+)$")
-_TNT_NAME = re.compile(r"^(tnt_s|tnt_b|tnt_s_legacy)_patch(\d+)_(\d+)$")
-_SIZE_WORDS = {word: letter for letter, (word, _) in VIT_SIZES.items()}
-_TNT_STEMS = {stem: variant for variant, (stem, _) in TNT_SIZES.items()}
-
-
 def config_from_name(name):
-    """The architecture config a timm model name stands for."""
-    m = _VIT_NAME.match(name)
-    if m:
-        return ViTConfig(patch_size=int(m.group(2)), img_size=int(m.group(3)), **VIT_SIZES[_SIZE_WORDS[m.group(1)]][1])
-    m = _DEIT_NAME.match(name)
-    if m:
-        widths = VIT_SIZES[_SIZE_WORDS[m.group(1)]][1]
-        return ViTConfig(patch_size=int(m.group(3)), img_size=int(m.group(4)), distilled=bool(m.group(2)), **widths)
-    m = _TNT_NAME.match(name)
-    if m:
-        return TNTConfig(patch_size=int(m.group(2)), img_size=int(m.group(3)), **TNT_SIZES[_TNT_STEMS[m.group(1)]][1])
-    raise ValueError(f"{name!r} is not a timm ViT, DeiT or TNT name")
+    """The architecture config of a registered timm model name."""
+    family, kwargs = ARCHS[name]
+    return CONFIGS[family](**kwargs)
 
 
 def _make_registry():
     out = {}
-    for name, rows in TAGS.items():
+    for name in ARCHS:
         tags = tuple(
-            Tag(name, tag, n, size, *NORMS[norm], crop_pct) for tag, n, size, norm, crop_pct in rows
+            Tag(name, tag, n, size, *NORMS[norm], crop_pct, interpolation)
+            for tag, n, size, norm, crop_pct, interpolation in TAGS[name]
         )
         out[name] = ModelInfo(name, config_from_name(name), tags)
     return out

@@ -9,7 +9,7 @@ from keras_vitnt.models.vit import drop_path_rates, position_embedding
 
 
 def trunk(x, config, drop_path_rate):
-    """Normalised image -> (patch tokens (B, 1 + N, D), normed=True)."""
+    """Normalised image -> (patch tokens (B, 1 + N, D), head_norm=False: the final norm is here)."""
     gh, gw = grid_for(config.img_size, config.patch_size)
     words = words_per_side(config.patch_size, config.first_stride) ** 2
     pixels = PixelEmbed(config.patch_size, config.inner_dim, stride=config.first_stride, legacy=config.legacy,
@@ -24,4 +24,4 @@ def trunk(x, config, drop_path_rate):
             drop_path=rate, legacy=config.legacy, norm_eps=config.norm_eps, inner_mlp_ratio=config.inner_mlp_ratio,
             name=f"blocks_{i}",
         )([pixels, patches])
-    return layer_norm(config.norm_eps, "norm")(patches), True
+    return layer_norm(config.norm_eps, "norm")(patches), False

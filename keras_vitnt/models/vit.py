@@ -15,21 +15,30 @@ def drop_path_rates(depth, rate):
 
 def position_embedding(config, name):
     grid = grid_for(config.img_size, config.patch_size)
-    return PositionEmbedding(grid, config.num_prefix_tokens, kind=config.pos_embed, name=name)
+    return PositionEmbedding(grid, config.pos_prefix_tokens, kind=config.pos_embed, name=name)
 
 
 def trunk(x, config, drop_path_rate):
-    """Normalised image -> (tokens (B, prefix + N, D), normed: whether the final norm is applied;
-    timm's global_pool="avg" moves it after pooling, as fc_norm)."""
-    x = PatchEmbedding(config.patch_size, config.embed_dim, name="patch_embed")(x)
+    """Normalised image -> (tokens (B, prefix + N, D), head_norm: whether the final norm comes
+    after pooling, timm's fc_norm, instead of here)."""
+    # timm: no patch-embedding bias when a norm follows it (pre_norm, CLIP)
+    x = PatchEmbedding(config.patch_size, config.embed_dim, bias=not config.pre_norm, name="patch_embed")(x)
+    prefix = None
     if config.num_prefix_tokens:
-        x = PrefixTokens(config.num_prefix_tokens, token_init_std=config.cls_token_std,
-                         dist_token_init_std=config.dist_token_std, name="cls_token")(x)
+        prefix = PrefixTokens(int(config.class_token) + int(config.distilled), token_init_std=config.cls_token_std,
+                              dist_token_init_std=config.dist_token_std, reg_tokens=config.reg_tokens,
+                              reg_token_init_std=config.reg_token_std, name="cls_token")
+    if prefix and not config.no_embed_class:  # the table has rows for the prefix tokens: concatenate, then add
+        x = prefix(x)
     x = position_embedding(config, name="pos_embed")(x)
+    if prefix and config.no_embed_class:  # DeiT III, registers: add to the patches, then concatenate
+        x = prefix(x)
+    if config.pre_norm:
+        x = layer_norm(config.norm_eps, "norm_pre")(x)
     for i, rate in enumerate(drop_path_rates(config.depth, drop_path_rate)):
         x = TransformerBlock(config.embed_dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-                             drop_path=rate, norm_eps=config.norm_eps, name=f"blocks_{i}")(x)
-    normed = config.global_pool != "avg"
-    if normed:
+                             drop_path=rate, norm_eps=config.norm_eps, init_values=config.init_values,
+                             act=config.act_layer, name=f"blocks_{i}")(x)
+    if config.final_norm and not config.head_norm:
         x = layer_norm(config.norm_eps, "norm")(x)
-    return x, normed
+    return x, config.head_norm

@@ -56,6 +56,12 @@ def _norm(layer, prefix):
 
 def _prefix_tokens(layer, prefix):
     yield from zip(("cls_token", "dist_token"), layer.tokens, ("identity", "identity"))
+    if layer.registers is not None:
+        yield "reg_token", layer.registers, "identity"
+
+
+def _layer_scale(layer, prefix):
+    yield f"{prefix}.gamma", layer.gamma, "identity"
 
 
 def _position_embedding(layer, prefix):
@@ -85,7 +91,8 @@ TIMM_MAP = {
     L.Attention: Entry(children=("qkv", "proj")),
     L.TNTAttention: Entry(children=("qk", "v", "proj")),
     L.Mlp: Entry(children=("fc1", "fc2")),
-    L.TransformerBlock: Entry(children=("norm1", "attn", "norm2", "mlp")),
+    L.TransformerBlock: Entry(children=("norm1", "attn", "ls1", "norm2", "mlp", "ls2")),  # ls*: None without init_values
+    L.LayerScale: Entry(own=_layer_scale),
     L.PixelEmbed: Entry(children=("proj",), own=_pixel_pos),
     L.PixelToPatch: Entry(children=("norm1_proj", "proj", "norm2_proj"), root=True),
     L.TNTBlock: Entry(
