@@ -110,12 +110,13 @@ def cmd_predict(args):
     saved = _saved_model_path(model_arg)
     if saved:
         model = _load_model_arg(model_arg, args.weights, mean=args.mean, std=args.std)
-        size, crop_pct, what = model.input_shape[1], DEFAULT_CROP_PCT, f"model {saved}"
+        size, crop_pct, interpolation, what = model.input_shape[1], DEFAULT_CROP_PCT, "bicubic", f"model {saved}"
         class_names = _run_class_names(saved)
     else:
-        model, size, crop_pct, what = _pretrained_classifier(model_arg, args)
+        model, size, crop_pct, interpolation, what = _pretrained_classifier(model_arg, args)
         class_names = None
-    probs = np.asarray(model.predict(load_images(images, size=size, crop_pct=crop_pct), verbose=0, batch_size=8))
+    batch = load_images(images, size=size, crop_pct=crop_pct, interpolation=interpolation)
+    probs = np.asarray(model.predict(batch, verbose=0, batch_size=8))
     if class_names and len(class_names) == probs.shape[1]:
         order = np.argsort(-probs, axis=1)[:, : args.top]
         decoded = [[(class_names[i], "", float(row[i])) for i in idx] for row, idx in zip(probs, order)]
@@ -134,7 +135,8 @@ def cmd_predict(args):
 
 
 def _pretrained_classifier(model_arg, args):
-    """-> (model, input size, crop_pct, description) for a timm name; refuses weights without a trained head."""
+    """-> (model, input size, crop_pct, interpolation, description) for a timm name; refuses weights without a
+    trained head."""
     from keras_vitnt.models import create_model
     from keras_vitnt.models.registry import parse_model_name
     from keras_vitnt.models.resolve import resolve_weights
@@ -151,7 +153,8 @@ def _pretrained_classifier(model_arg, args):
     # classes=None: the head is the weights' own (the builder refuses a headless file)
     model = create_model(model_arg, weights=weights.tag.tag if weights.tag else weights.path, mean=args.mean,
                          std=args.std)
-    return model, weights.input_size, weights.crop_pct, f"model {spec.name}, weights {weights.description}"
+    return (model, weights.input_size, weights.crop_pct, weights.interpolation,
+            f"model {spec.name}, weights {weights.description}")
 
 
 def _run_class_names(model_arg):

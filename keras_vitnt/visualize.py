@@ -22,10 +22,11 @@ def _blocks(model):
 
 
 def _structure(model):
-    """(number of prefix tokens, (gh, gw) patch grid, patch size) of a keras_vitnt model."""
+    """(number of prefix tokens: class, distillation and register tokens, (gh, gw) patch grid, patch
+    size) of a keras_vitnt model."""
     from keras_vitnt.layers import PatchEmbedding, PixelEmbed, PositionEmbedding, PrefixTokens
 
-    prefix = sum(layer.num_tokens for layer in model.layers if isinstance(layer, PrefixTokens))
+    prefix = sum(layer.num_tokens + layer.reg_tokens for layer in model.layers if isinstance(layer, PrefixTokens))
     pos = next((layer for layer in model.layers if isinstance(layer, PositionEmbedding)), None)
     patch = next(layer for layer in model.layers if isinstance(layer, (PatchEmbedding, PixelEmbed)))
     h, w = model.input_shape[1:3]
@@ -112,10 +113,13 @@ def attention_rollout(model, image, head_fusion="mean", discard_ratio=0.0):
     Each block's attention is fused over heads, optionally the lowest `discard_ratio`
     weights are zeroed (never the class token's), the identity is added for the residual,
     rows are renormalised, and the blocks are multiplied. For TNT the outer (patch-level)
-    attention is rolled out; distilled DeiT's two prefix tokens are handled.
+    attention is rolled out; distilled DeiT's two prefix tokens and register tokens take part
+    in the rollout but are not patches, so they are not on the map.
     """
+    from keras_vitnt.layers import PrefixTokens
+
     prefix, (gh, gw), _ = _structure(model)
-    if prefix == 0:
+    if not any(layer.num_tokens for layer in model.layers if isinstance(layer, PrefixTokens)):
         raise ValueError("attention rollout reads the class token's row; this model has no class token")
     maps = attention_maps(model, image)
     att = maps["outer"] if isinstance(maps, dict) else maps

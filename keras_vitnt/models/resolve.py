@@ -68,6 +68,11 @@ class ResolvedWeights:
         return ref.crop_pct if ref else DEFAULT_CROP_PCT
 
     @property
+    def interpolation(self):
+        ref = self.reference_tag
+        return ref.interpolation if ref else "bicubic"
+
+    @property
     def description(self):
         return {"tag": lambda: self.tag.hub_id, "file": lambda: self.path, "none": lambda: "none"}[self.kind]()
 
