@@ -31,7 +31,7 @@ VIT_KEYS = {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_b
 TNT_KEYS = {"embed_dim", "inner_dim", "depth", "num_heads_inner", "num_heads_outer", "patch_size", "mlp_ratio",
             "qkv_bias", "first_stride", "legacy", "img_size"}
 IGNORED = {"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "dynamic_img_size"}  # same numbers at a fixed size
-SUPPORTED_POOLS = ("token", "avg")
+SUPPORTED_POOLS = ("token", "avg", "map")
 SUPPORTED_ACTS = ("gelu", "gelu_tanh", "quick_gelu")
 
 

@@ -228,3 +228,54 @@ class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
             "init_values": self.init_values,
             "act": self.act,
         }
+
+
+@register
+class AttentionPoolLatent(SharedDtypePolicy, keras.layers.Layer):
+    """timm's `AttentionPoolLatent` (global_pool="map", SigLIP): one learned latent query attends
+    over the tokens after the `num_prefix_tokens` leading ones, then `proj` and a residual MLP
+    (`x + mlp(norm(x))`): (B, T, D) -> (B, D). Written with rank-4 tensors only."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, num_prefix_tokens=0, norm_eps=1e-6, act="gelu", **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.num_heads = int(num_heads)
+        self.mlp_ratio = float(mlp_ratio)
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.norm_eps = float(norm_eps)
+        self.act = str(act)
+        self.q = dense(self.dim, "q")
+        self.kv = dense(2 * self.dim, "kv")
+        self.proj = dense(self.dim, "proj")
+        self.norm = layer_norm(self.norm_eps, "norm")
+        self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, act=self.act, name="mlp")
+
+    def build(self, input_shape):
+        d = self.dim
+        # timm: trunc_normal_tf_(latent, std=dim ** -0.5), cut at +-2 std as Keras's TruncatedNormal
+        self.latent = self.add_weight(shape=(1, 1, d), initializer=keras.initializers.TruncatedNormal(stddev=d**-0.5),
+                                      name="latent")
+        for layer, shape in ((self.q, (None, d)), (self.kv, (None, None, d)), (self.proj, (None, d)),
+                             (self.norm, (None, d)), (self.mlp, (None, d))):
+            layer.build(shape)
+
+    def call(self, x):
+        x = x[:, self.num_prefix_tokens:]
+        b, n = ops.shape(x)[0], ops.shape(x)[1]
+        h, hd = self.num_heads, self.dim // self.num_heads
+        q = ops.reshape(self.q(ops.cast(self.latent[0], x.dtype)), (1, h, 1, hd))
+        q = ops.broadcast_to(q, (b, h, 1, hd)) * ops.cast(hd**-0.5, x.dtype)
+        kv = self.kv(x)
+        k = ops.transpose(ops.reshape(kv[..., : self.dim], (b, n, h, hd)), (0, 2, 3, 1))  # (B, h, hd, N)
+        v = ops.transpose(ops.reshape(kv[..., self.dim:], (b, n, h, hd)), (0, 2, 1, 3))  # (B, h, N, hd)
+        attn = ops.softmax(ops.matmul(q, k), axis=-1)
+        y = ops.reshape(ops.matmul(attn, v), (b, self.dim))  # (B, h, 1, hd): heads in order, as timm's
+        y = self.proj(y)
+        return y + self.mlp(self.norm(y))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio,
+                "num_prefix_tokens": self.num_prefix_tokens, "norm_eps": self.norm_eps, "act": self.act}

@@ -24,7 +24,9 @@ BASE_DOCSTRING = """Instantiates {title}, as timm's `{timm}` (same numbers for t
             model's resolution (224 or 384).
         pooling: with include_top=False: None returns the normalised token sequence
             (B, prefix + N, D); "token" the class token (the mean of class and distillation
-            tokens for distilled DeiT, as timm); "avg" the mean of the patch tokens.
+            tokens for distilled DeiT, as timm); "avg" the mean of the patch tokens; "map" the
+            attention-pooling head of global_pool="map" models (SigLIP). Each as timm's
+            pre-logits features (fc_norm included where the model has one).
         classes: number of classes of the head. None (default): the head follows the weights,
             as in timm (1000 without weights; a headless feature checkpoint with
             include_top=True is an error). A count the checkpoint does not have loads the

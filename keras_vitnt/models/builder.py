@@ -6,7 +6,7 @@ import dataclasses
 
 import keras
 
-from keras_vitnt.layers import Preprocess, TokenPool
+from keras_vitnt.layers import AttentionPoolLatent, Preprocess, TokenPool
 from keras_vitnt.layers.base import dense, layer_norm
 from keras_vitnt.layers.embedding import grid_for
 from keras_vitnt.models import tnt, vit
@@ -45,8 +45,9 @@ class BuildOptions:
                 f"pooling={self.pooling!r} applies to include_top=False only; with a classifier head, choose the "
                 "pooling with global_pool='token' or 'avg'."
             )
-        if self.pooling not in (None, "token", "avg"):
-            raise ValueError(f"pooling={self.pooling!r}: choose None (token sequence), 'token' or 'avg'")
+        if self.pooling not in (None, "token", "avg", "map"):
+            raise ValueError(f"pooling={self.pooling!r}: choose None (token sequence), 'token', 'avg' or 'map' (the "
+                             "attention pooling of a model with global_pool='map')")
         classes = self.classes
         if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
             raise ValueError(f"classes must be a positive integer (or None: the weights' classes), got {classes!r}")
@@ -113,6 +114,9 @@ def _features(tokens, config, head_norm, pooling):
     """include_top=False: the token sequence, or the pooled features timm's `forward_head(pre_logits=True)` gives."""
     if pooling is None:
         return tokens
+    if pooling == "map" and config.global_pool != "map":
+        raise ValueError(f"pooling='map' is the attention-pooling head of global_pool='map' models; this one pools "
+                         f"with {config.global_pool!r} (use pooling='token' or 'avg')")
     if pooling == "token" and not getattr(config, "class_token", True):
         raise ValueError("pooling='token' needs a class token; this model has none (use pooling='avg')")
     if pooling == "token" and getattr(config, "distilled", False):
@@ -121,5 +125,10 @@ def _features(tokens, config, head_norm, pooling):
 
 
 def _pooled(tokens, config, head_norm, pooling):
-    y = TokenPool(pooling, config.num_prefix_tokens, name="pool")(tokens)
+    if pooling == "map":
+        y = AttentionPoolLatent(config.embed_dim, config.num_heads, mlp_ratio=config.mlp_ratio,
+                                num_prefix_tokens=config.num_prefix_tokens, norm_eps=config.norm_eps,
+                                act=config.act_layer, name="attn_pool")(tokens)
+    else:
+        y = TokenPool(pooling, config.num_prefix_tokens, name="pool")(tokens)
     return layer_norm(config.norm_eps, "fc_norm")(y) if head_norm else y

@@ -39,6 +39,7 @@ class ArchConfig:
     """Fields and checks every family shares."""
 
     family: typing.ClassVar[str] = ""
+    POOLS: typing.ClassVar[tuple] = ("token", "avg")
 
     img_size: object = timm_field(224)  # int or (height, width); the default input size
     patch_size: int = timm_field(16)
@@ -80,8 +81,9 @@ class ArchConfig:
         object.__setattr__(self, "pos_embed", pos)
         img = self.img_size
         object.__setattr__(self, "img_size", (img, img) if isinstance(img, int) else tuple(img))
-        if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool={self.global_pool!r}: choose 'token' (class token) or 'avg'")
+        if self.global_pool not in self.POOLS:
+            raise ValueError(f"global_pool={self.global_pool!r}: choose one of {', '.join(self.POOLS)} ('token': the "
+                             "class token, 'avg': the mean of the patch tokens, 'map': attention pooling)")
 
     @property
     def mean_std(self):
@@ -118,6 +120,7 @@ class ViTConfig(ArchConfig):
     """timm's `VisionTransformer` (and DeiT's `VisionTransformerDistilled` with distilled=True)."""
 
     family: typing.ClassVar[str] = "vit"
+    POOLS: typing.ClassVar[tuple] = ("token", "avg", "map")  # map: timm's AttentionPoolLatent (SigLIP)
 
     num_heads: int = timm_field(12)
     qkv_bias: bool = timm_field(True)
@@ -168,6 +171,8 @@ class ViTConfig(ArchConfig):
         scale = 2 * d if self.init_values is not None else 0
         block = 4 * d + qkv + d * d + d + _mlp_params(d, int(d * self.mlp_ratio)) + scale
         norms = 2 * d * (int(self.pre_norm) + int(self.final_norm))
+        if self.global_pool == "map":  # latent, q, kv, proj, norm, mlp
+            norms += d + 4 * (d * d + d) + 2 * d + _mlp_params(d, int(d * self.mlp_ratio))
         stem = 3 * p * p * d + (0 if self.pre_norm else d) + self.num_prefix_tokens * d + self._pos_params(d)
         total = stem + self.depth * block + norms
         head = d * classes + classes if include_top and classes else 0

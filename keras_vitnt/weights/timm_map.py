@@ -60,6 +60,10 @@ def _prefix_tokens(layer, prefix):
         yield "reg_token", layer.registers, "identity"
 
 
+def _latent(layer, prefix):
+    yield f"{prefix}.latent", layer.latent, "identity"
+
+
 def _layer_scale(layer, prefix):
     yield f"{prefix}.gamma", layer.gamma, "identity"
 
@@ -91,8 +95,10 @@ TIMM_MAP = {
     L.Attention: Entry(children=("qkv", "proj")),
     L.TNTAttention: Entry(children=("qk", "v", "proj")),
     L.Mlp: Entry(children=("fc1", "fc2")),
-    L.TransformerBlock: Entry(children=("norm1", "attn", "ls1", "norm2", "mlp", "ls2")),  # ls*: None without init_values
+    # ls1, ls2: None without init_values
+    L.TransformerBlock: Entry(children=("norm1", "attn", "ls1", "norm2", "mlp", "ls2")),
     L.LayerScale: Entry(own=_layer_scale),
+    L.AttentionPoolLatent: Entry(children=("q", "kv", "proj", "norm", "mlp"), own=_latent),
     L.PixelEmbed: Entry(children=("proj",), own=_pixel_pos),
     L.PixelToPatch: Entry(children=("norm1_proj", "proj", "norm2_proj"), root=True),
     L.TNTBlock: Entry(
