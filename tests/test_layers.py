@@ -12,15 +12,19 @@ from timm_oracle import ks_distance
 
 LAYERS = [
     L.Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4)),
-    L.PatchEmbedding(patch_size=4, embed_dim=8),
+    L.PatchEmbedding(patch_size=4, embed_dim=8, bias=False),
     L.PrefixTokens(num_tokens=2, token_init_std=0.02, dist_token_init_std=0.01),
+    L.PrefixTokens(num_tokens=1, reg_tokens=4, reg_token_init_std=0.01),
     L.PositionEmbedding(grid_size=(2, 3), num_prefix_tokens=1, kind="learned_2d"),
     L.TokenPool(mode="dist_avg", num_prefix_tokens=2),
     L.Attention(dim=8, num_heads=2, qkv_bias=False, attn_drop=0.1, proj_drop=0.2),
     L.TNTAttention(dim=8, num_heads=2),
-    L.Mlp(hidden_dim=16, out_dim=8, drop=0.1),
+    L.Mlp(hidden_dim=16, out_dim=8, drop=0.1, act="quick_gelu"),
+    L.LayerScale(init_values=1e-6),
+    L.AttentionPoolLatent(dim=8, num_heads=2, mlp_ratio=3.0, num_prefix_tokens=1, norm_eps=1e-5, act="gelu_tanh"),
     L.DropPath(rate=0.2, seed=3),
     L.TransformerBlock(dim=8, num_heads=2, mlp_ratio=2.0, drop_path=0.1, norm_eps=1e-5),
+    L.TransformerBlock(dim=8, num_heads=2, init_values=1e-5, act="gelu_tanh"),
     L.PixelEmbed(patch_size=8, inner_dim=4, stride=2, legacy=True),
     L.PixelToPatch(num_patches=4, embed_dim=8),
     L.TNTBlock(inner_dim=4, embed_dim=8, num_words=16, num_heads_inner=2, num_heads_outer=2, legacy=True),
@@ -195,6 +199,10 @@ def test_bad_arguments_raise_clearly():
         L.PositionEmbedding((2, 2), kind="relative")
     with pytest.raises(ValueError, match="num_tokens"):
         L.PrefixTokens(3)
+    with pytest.raises(ValueError, match="registers"):
+        L.PrefixTokens(2, reg_tokens=4)  # timm's distilled DeiT has no registers
+    with pytest.raises(ValueError, match="activation"):
+        L.Mlp(8, 8, act="relu6")
 
 
 def test_tnt_block_returns_inner_and_outer_attention():
