@@ -84,4 +84,5 @@ def test_model_given_twice_or_not_at_all_is_refused():
         cli._model_and_inputs(parser.parse_args(["export"]))
     assert cli._default_export_path("saved_models/run/model.keras", "litert", "float16", True) == \
         os.path.join("saved_models/run", "model_float16.tflite")
-    assert cli._default_export_path("vit:Ti/4", "litert", None, False) == os.path.join("saved_models", "vit_Ti_4.tflite")
+    expected = os.path.join("saved_models", "vit_Ti_4.tflite")
+    assert cli._default_export_path("vit:Ti/4", "litert", None, False) == expected

@@ -25,7 +25,12 @@ from timm_oracle import (
 # scale * 1.01 1.6e-4. 1e-5 leaves >= 6x margin on each side.
 TOL = 1e-5
 FULL_FAST = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_patch16_224"]
-SLOW = [n for n in registry.list_models() if n not in FULL_FAST]
+# a full-depth parity holds about five fp32 copies of the weights (timm's, the file, the read and the
+# converted state dict, Keras's): models above 700M parameters would not fit in this machine's 24 GB,
+# so the slow suite checks them at 4 blocks (real widths) instead
+HUGE = 7e8
+SLOW = [n for n in registry.list_models() if n not in FULL_FAST and registry.REGISTRY[n].config.count_params() <= HUGE]
+SLOW_HUGE = [n for n in registry.list_models() if registry.REGISTRY[n].config.count_params() > HUGE]
 REDUCED_DEPTH = 1
 
 
@@ -70,6 +75,12 @@ def test_parity_from_torch_pth(tmp_path):
 @pytest.mark.parametrize("name", SLOW)
 def test_parity_slow(name, tmp_path):
     assert _parity(name, tmp_path)[0] <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW_HUGE)
+def test_parity_slow_huge_at_four_blocks(name, tmp_path):
+    assert _parity(name, tmp_path, depth=4)[0] <= TOL
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_patch16_224",
