@@ -59,11 +59,9 @@ def test_param_formula_equals_timm(name):
     import torch
 
     info = registry.REGISTRY[name]
-    with torch.device("meta"):
-        for classes in (1000, 10):
-            tm = timm.create_model(name, num_classes=classes)
-            expected = sum(p.numel() for p in tm.parameters())
-            assert info.config.count_params(classes=classes) == expected
+    with torch.device("meta"):  # one build per name (149 of them): 10 classes, so the head term counts too
+        tm = timm.create_model(name, num_classes=10)
+    assert info.config.count_params(classes=10) == sum(p.numel() for p in tm.parameters())
 
 
 def test_tnt_param_counts_are_the_published_ones():
