@@ -32,7 +32,8 @@ TNT_KEYS = {"embed_dim", "inner_dim", "depth", "num_heads_inner", "num_heads_out
             "qkv_bias", "first_stride", "legacy", "img_size"}
 IGNORED = {"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "dynamic_img_size"}  # same numbers at a fixed size
 SUPPORTED_POOLS = ("token", "avg", "map")
-SUPPORTED_ACTS = ("gelu", "gelu_tanh", "quick_gelu")
+SUPPORTED_ACTS = ("gelu", "gelu_tanh", "quick_gelu", "silu")
+ACT_CLASSES = {"SiLU": "silu", "GELU": "gelu"}  # act_layer given as a torch class
 
 
 class _Captured(Exception):
@@ -90,8 +91,18 @@ def config_kwargs(name, family, kwargs):
                 problems.append(f"norm_layer={_shown(value)}")
             else:
                 out["norm_eps"] = eps
-        elif key == "act_layer" and not (isinstance(value, str) and value in SUPPORTED_ACTS):
-            problems.append(f"act_layer={_shown(value)}")
+        elif key == "act_layer":
+            name = value if isinstance(value, str) else ACT_CLASSES.get(getattr(value, "__name__", ""))
+            if name in SUPPORTED_ACTS:
+                out["act_layer"] = name
+            else:
+                problems.append(f"act_layer={_shown(value)}")
+        elif key == "mlp_layer":
+            glu = isinstance(value, functools.partial) and value.func.__name__ == "GluMlp"
+            if glu and value.keywords.get("gate_last") is False and _shown(value.keywords.get("act_layer")) == "SiLU":
+                out["mlp_layer"] = "glu"  # SwiGLUPacked; the block's act_layer (SiLU) is the gate's
+            else:
+                problems.append(f"mlp_layer={_shown(value)}")
         elif key == "global_pool" and value not in SUPPORTED_POOLS:
             problems.append(f"global_pool={value!r}")
         elif key in keys:

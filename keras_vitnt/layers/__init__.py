@@ -2,7 +2,7 @@
 
 from keras_vitnt.layers.attention import Attention, TNTAttention
 from keras_vitnt.layers.base import LayerNorm
-from keras_vitnt.layers.blocks import AttentionPoolLatent, DropPath, LayerScale, Mlp, TransformerBlock
+from keras_vitnt.layers.blocks import AttentionPoolLatent, DropPath, GluMlp, LayerScale, Mlp, TransformerBlock
 from keras_vitnt.layers.embedding import (
     POS_EMBED_KINDS,
     PatchEmbedding,
@@ -18,6 +18,7 @@ __all__ = [
     "Attention",
     "AttentionPoolLatent",
     "DropPath",
+    "GluMlp",
     "LayerNorm",
     "LayerScale",
     "Mlp",

@@ -39,6 +39,7 @@ ACTIVATIONS = {
     "gelu": gelu,
     "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * ops.sigmoid(ops.cast(1.702, x.dtype) * x),  # CLIP's
+    "silu": ops.silu,
 }
 
 
@@ -86,6 +87,38 @@ class Mlp(SharedDtypePolicy, keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "hidden_dim": self.hidden_dim, "out_dim": self.out_dim, "drop": self.drop,
                 "act": self.act}
+
+
+@register
+class GluMlp(Mlp):
+    """timm's `GluMlp` (SwiGLUPacked in DINOv2-giant): fc1 to `hidden_dim`, split in halves, one
+    half gated by act(the other): `act(first) * second` (gate_last=False, as DINOv2), else
+    `first * act(second)`; then fc2 from hidden_dim / 2."""
+
+    def __init__(self, hidden_dim, out_dim, drop=0.0, act="silu", gate_last=False, **kwargs):
+        super().__init__(hidden_dim, out_dim, drop=drop, act=act, **kwargs)
+        if self.hidden_dim % 2:
+            raise ValueError(f"GluMlp: hidden_dim must be even, got {hidden_dim}")
+        self.gate_last = bool(gate_last)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self.fc1.build(input_shape)
+        self.fc2.build(input_shape[:-1] + (self.hidden_dim // 2,))
+
+    def _rows(self, x, training):
+        x = self.fc1(x)
+        half = self.hidden_dim // 2
+        a, b = x[:, :half], x[:, half:]
+        x = a * self.act_fn(b) if self.gate_last else self.act_fn(a) * b
+        x = self.dropout(x, training=training)
+        return self.dropout(self.fc2(x), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "gate_last": self.gate_last}
+
+
+MLP_LAYERS = {"mlp": Mlp, "glu": GluMlp}
 
 
 @register
@@ -165,6 +198,7 @@ class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
         norm_eps=1e-6,
         init_values=None,
         act="gelu",
+        mlp_layer="mlp",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -178,13 +212,17 @@ class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
         self.norm_eps = float(norm_eps)
         self.init_values = None if init_values is None else float(init_values)
         self.act = str(act)
+        self.mlp_layer = str(mlp_layer)
         self.norm1 = layer_norm(self.norm_eps, "norm1")
         self.attn = Attention(
             self.dim, self.num_heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop, proj_drop=self.proj_drop,
             name="attn",
         )
         self.norm2 = layer_norm(self.norm_eps, "norm2")
-        self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, drop=self.proj_drop, act=self.act, name="mlp")
+        if self.mlp_layer not in MLP_LAYERS:
+            raise ValueError(f"mlp_layer={mlp_layer!r}: choose one of {', '.join(MLP_LAYERS)}")
+        self.mlp = MLP_LAYERS[self.mlp_layer](int(self.dim * self.mlp_ratio), self.dim, drop=self.proj_drop,
+                                              act=self.act, name="mlp")
         scaled = self.init_values is not None
         self.ls1 = LayerScale(self.init_values, name="ls1") if scaled else None
         self.ls2 = LayerScale(self.init_values, name="ls2") if scaled else None
@@ -227,6 +265,7 @@ class TransformerBlock(SharedDtypePolicy, keras.layers.Layer):
             "norm_eps": self.norm_eps,
             "init_values": self.init_values,
             "act": self.act,
+            "mlp_layer": self.mlp_layer,
         }
 
 

@@ -13,7 +13,7 @@ A new architecture option is one field here plus its use in the family's trunk.
 import dataclasses
 import typing
 
-from keras_vitnt.layers.blocks import ACTIVATIONS
+from keras_vitnt.layers.blocks import ACTIVATIONS, MLP_LAYERS
 from keras_vitnt.layers.embedding import POS_EMBED_KINDS
 from keras_vitnt.layers.tnt import words_per_side
 
@@ -132,7 +132,8 @@ class ViTConfig(ArchConfig):
     pre_norm: bool = timm_field(False)  # a LayerNorm before the blocks (CLIP's norm_pre)
     fc_norm: bool = timm_field(None)  # final norm after pooling; None: for global_pool="avg" only
     final_norm: bool = timm_field(True)  # False: neither norm nor fc_norm
-    act_layer: str = timm_field("gelu")  # MLP activation: gelu (exact), gelu_tanh, quick_gelu
+    act_layer: str = timm_field("gelu")  # MLP activation: gelu (exact), gelu_tanh, quick_gelu, silu
+    mlp_layer: str = timm_field("mlp")  # "mlp", or "glu": timm's GluMlp with the gate first (SwiGLUPacked)
     norm_eps: float = 1e-6  # partial(nn.LayerNorm, eps=1e-6); 1e-5 for CLIP towers
     cls_token_std: float = 1e-6  # normal_(cls_token, std=1e-6)
     dist_token_std: float = 0.02  # trunc_normal_(dist_token, std=.02)
@@ -149,6 +150,8 @@ class ViTConfig(ArchConfig):
             raise ValueError("distilled=True takes no reg_tokens (timm's distilled DeiT has none)")
         if self.act_layer not in ACTIVATIONS:
             raise ValueError(f"act_layer={self.act_layer!r}: choose one of {', '.join(ACTIVATIONS)}")
+        if self.mlp_layer not in MLP_LAYERS:
+            raise ValueError(f"mlp_layer={self.mlp_layer!r}: choose one of {', '.join(MLP_LAYERS)}")
 
     @property
     def num_prefix_tokens(self):
@@ -169,7 +172,9 @@ class ViTConfig(ArchConfig):
         d, p = self.embed_dim, self.patch_size
         qkv = 3 * d * d + (3 * d if self.qkv_bias else 0)
         scale = 2 * d if self.init_values is not None else 0
-        block = 4 * d + qkv + d * d + d + _mlp_params(d, int(d * self.mlp_ratio)) + scale
+        hidden = int(d * self.mlp_ratio)
+        mlp = _mlp_params(d, hidden) if self.mlp_layer == "mlp" else d * hidden + hidden + hidden // 2 * d + d
+        block = 4 * d + qkv + d * d + d + mlp + scale
         norms = 2 * d * (int(self.pre_norm) + int(self.final_norm))
         if self.global_pool == "map":  # latent, q, kv, proj, norm, mlp
             norms += d + 4 * (d * d + d) + 2 * d + _mlp_params(d, int(d * self.mlp_ratio))

@@ -38,7 +38,7 @@ def trunk(x, config, drop_path_rate):
     for i, rate in enumerate(drop_path_rates(config.depth, drop_path_rate)):
         x = TransformerBlock(config.embed_dim, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
                              drop_path=rate, norm_eps=config.norm_eps, init_values=config.init_values,
-                             act=config.act_layer, name=f"blocks_{i}")(x)
+                             act=config.act_layer, mlp_layer=config.mlp_layer, name=f"blocks_{i}")(x)
     if config.final_norm and not config.head_norm:
         x = layer_norm(config.norm_eps, "norm")(x)
     return x, config.head_norm
