@@ -105,6 +105,13 @@ class GluMlp(Mlp):
         input_shape = tuple(input_shape)
         self.fc1.build(input_shape)
         self.fc2.build(input_shape[:-1] + (self.hidden_dim // 2,))
+        # timm's GluMlp.init_weights: the second half of fc1 starts near zero (N(0, 1e-6)) with bias 1
+        half = self.hidden_dim // 2
+        kernel = ops.convert_to_tensor(self.fc1.kernel)
+        tail = keras.random.normal((kernel.shape[0], self.hidden_dim - half), stddev=1e-6, dtype=kernel.dtype)
+        self.fc1.kernel.assign(ops.concatenate([kernel[:, :half], tail], axis=1))
+        bias = ops.convert_to_tensor(self.fc1.bias)
+        self.fc1.bias.assign(ops.concatenate([bias[:half], ops.ones((self.hidden_dim - half,), bias.dtype)]))
 
     def _rows(self, x, training):
         x = self.fc1(x)
