@@ -6,8 +6,9 @@ only those of a layer used on its own).
 
 Fields marked `timm=True` are the keywords of timm's constructor for the family (same name,
 same meaning) and can be overridden by name: `create_model("vit_small_patch16_224",
-depth=4)`. The others are facts timm hard-codes for the family (LayerNorm eps, init std).
-A new architecture option is one field here plus its use in the family's trunk.
+depth=4)`. The others are facts timm hard-codes (init stds) or gives as objects: `norm_eps`
+is read from timm's `norm_layer` by scripts/gen_tags.py (1e-5 for the CLIP towers). A new
+architecture option is one field here plus its use in the family's trunk.
 """
 
 import dataclasses
@@ -46,7 +47,7 @@ class ArchConfig:
     embed_dim: int = timm_field(768)
     depth: int = timm_field(12)
     mlp_ratio: float = timm_field(4.0)
-    global_pool: str = timm_field("token")  # "token" (class token) or "avg" (mean of the patch tokens)
+    global_pool: str = timm_field("token")  # one of POOLS: "token" (class token), "avg" (patch mean), ViT: "map"
     pos_embed: str = timm_field("learned_1d")  # one of POS_EMBED_KINDS (timm's "learn" / "none" accepted)
     norm_eps: float = 1e-6  # timm's LayerNorm eps for the family
     cls_token_std: float = 0.02  # timm's init std of the class token
