@@ -17,6 +17,7 @@ import timm.models.tnt as tnt
 import timm.models.vision_transformer as vt
 from timm.models import get_pretrained_cfg
 from timm.models._registry import _model_default_cfgs
+from timm_results import top1_table
 
 NORMS = {
     (0.5, 0.5, 0.5): "INCEPTION",
@@ -27,11 +28,13 @@ NORMS = {
 # timm keyword -> the config field of the same meaning (same name unless listed)
 VIT_KEYS = {"embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "class_token", "reg_tokens",
             "no_embed_class", "init_values", "pre_norm", "fc_norm", "final_norm", "global_pool", "distilled",
-            "img_size", "act_layer"}
+            "img_size", "act_layer", "qk_norm", "proj_bias", "scale_attn_norm", "scale_mlp_norm",
+            "pool_include_prefix"}
 TNT_KEYS = {"embed_dim", "inner_dim", "depth", "num_heads_inner", "num_heads_outer", "patch_size", "mlp_ratio",
             "qkv_bias", "first_stride", "legacy", "img_size"}
 IGNORED = {"pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "dynamic_img_size"}  # same numbers at a fixed size
-SUPPORTED_POOLS = ("token", "avg", "map")
+SUPPORTED_POOLS = ("token", "avg", "avgmax", "max", "map")
+SUPPORTED_BLOCKS = ("Block", "ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock", "DiffParallelScalingBlock")
 SUPPORTED_ACTS = ("gelu", "gelu_tanh", "quick_gelu", "silu")
 ACT_CLASSES = {"SiLU": "silu", "GELU": "gelu"}  # act_layer given as a torch class
 
@@ -60,17 +63,18 @@ def constructor_kwargs():
     return {n: captured[n] for n in names}
 
 
-def _norm_eps(norm_layer):
-    """LayerNorm eps of a timm norm_layer argument (None: not a LayerNorm)."""
+def _norm(norm_layer):
+    """(kind, eps) of a timm norm_layer argument: kind "layernorm" or "rmsnorm"; None if neither."""
     if norm_layer is None:
-        return 1e-6  # VisionTransformer's default: timm's LayerNorm, eps 1e-6
-    if isinstance(norm_layer, str):
-        return None  # a name ("rmsnorm")
+        return "layernorm", 1e-6  # VisionTransformer's default: timm's LayerNorm, eps 1e-6
     func = norm_layer.func if isinstance(norm_layer, functools.partial) else norm_layer
-    if getattr(func, "__name__", "") != "LayerNorm":
+    name = func if isinstance(func, str) else getattr(func, "__name__", "")
+    kind = {"layernorm": "layernorm", "rmsnorm": "rmsnorm"}.get(name.replace("_", "").lower())
+    if kind is None:
         return None
-    default = 1e-5 if func.__module__.startswith("torch") else 1e-6
-    return norm_layer.keywords.get("eps", default) if isinstance(norm_layer, functools.partial) else default
+    # torch's nn.LayerNorm defaults to 1e-5, timm's LayerNorm and RmsNorm to 1e-6
+    default = 1e-5 if getattr(func, "__module__", "").startswith("torch") else 1e-6
+    return kind, norm_layer.keywords.get("eps", default) if isinstance(norm_layer, functools.partial) else default
 
 
 def _shown(value):
@@ -85,12 +89,22 @@ def config_kwargs(name, family, kwargs):
     for key, value in kwargs.items():
         if key in IGNORED:
             continue
-        if key == "norm_layer" and family == "vit":
-            eps = _norm_eps(value)
-            if eps is None:
-                problems.append(f"norm_layer={_shown(value)}")
+        if key in ("norm_layer", "embed_norm_layer") and family == "vit":
+            norm = _norm(value)
+            if norm is None:
+                problems.append(f"{key}={_shown(value)}")
+            elif key == "norm_layer":
+                out["norm_layer"], out["norm_eps"] = norm
             else:
-                out["norm_eps"] = eps
+                out["embed_norm_layer"], embed_eps = norm
+        elif key == "attn_layer" and value in ("", "attn", "diff"):
+            out["attn_layer"] = value or "attn"
+        elif key == "block_fn":
+            block = value if isinstance(value, str) else value.__name__
+            if block in SUPPORTED_BLOCKS:
+                out["block_fn"] = block
+            else:
+                problems.append(f"block_fn={block}")
         elif key == "act_layer":
             name = value if isinstance(value, str) else ACT_CLASSES.get(getattr(value, "__name__", ""))
             if name in SUPPORTED_ACTS:
@@ -101,6 +115,8 @@ def config_kwargs(name, family, kwargs):
             glu = isinstance(value, functools.partial) and value.func.__name__ == "GluMlp"
             if glu and value.keywords.get("gate_last") is False and _shown(value.keywords.get("act_layer")) == "SiLU":
                 out["mlp_layer"] = "glu"  # SwiGLUPacked; the block's act_layer (SiLU) is the gate's
+            elif getattr(value, "__name__", "") == "SwiGLU" or value == "SwiGLU":
+                out["mlp_layer"] = "swiglu"  # its activation is the block's act_layer (AIMv2: silu)
             else:
                 problems.append(f"mlp_layer={_shown(value)}")
         elif key == "global_pool" and value not in SUPPORTED_POOLS:
@@ -112,9 +128,15 @@ def config_kwargs(name, family, kwargs):
     if "img_size" not in out:
         h, w = (cfg.get("input_size") or (3, 224, 224))[1:]
         out["img_size"] = h if h == w else (h, w)
+    if "embed_norm_layer" in out and (out.get("norm_layer", "layernorm"), out.get("norm_eps", 1e-6)) != (
+            out["embed_norm_layer"], embed_eps):
+        problems.append("embed_norm_layer differs from norm_layer")  # the config has one eps for both
     size, patch = out["img_size"], out.get("patch_size", 16)
     if any(s % patch for s in ((size, size) if isinstance(size, int) else size)):
-        problems.append(f"img_size {size} not divisible by patch_size {patch} (timm drops the last pixels)")
+        if family == "vit":
+            out["drop_remainder"] = True  # timm's patch conv drops the last pixels (so400m/14 at 384)
+        else:
+            problems.append(f"img_size {size} not divisible by patch_size {patch}")
     if problems:
         return None, ", ".join(sorted(problems))
     return out, None
@@ -135,6 +157,7 @@ def tag_rows(name):
 
 def main():
     archs, tags, unsupported = {}, {}, {}
+    results = top1_table()
     for name, (family, kwargs) in constructor_kwargs().items():
         config, why = config_kwargs(name, family, kwargs)
         if why:
@@ -142,16 +165,21 @@ def main():
             continue
         archs[name] = (family, config)
         tags[name] = tag_rows(name)
+    top1 = {key: value for key, value in results.items()
+            if any(f"{name}.{row[0]}" == key for name, rows in tags.items() for row in rows)}
     text = (
         '"""Every registered model, generated by scripts/gen_tags.py from timm itself. Do not edit by hand.\n\n'
         "ARCHS[model] = (family, config keywords): the keywords timm's entrypoint passes to its model\n"
         "class, in the config's names (norm_layer read as norm_eps).\n"
         "TAGS[model] = [(tag, num_classes, input_size, norm, crop_pct, interpolation), ...], the default tag\n"
         "first; norm names a (mean, std) pair in keras_vitnt.models.config.NORMS.\n"
-        'UNSUPPORTED[model] = the options of timm models not registered yet."""\n\n'
+        "UNSUPPORTED[model] = the options of timm models not registered yet.\n"
+        "TOP1[model.tag] = ImageNet-1k top-1 from timm's results table (scripts/timm_results_imagenet.csv).\n"
+        '"""\n\n'
         f"ARCHS = {pprint.pformat(archs, width=120, sort_dicts=True)}\n\n"
         f"TAGS = {pprint.pformat(tags, width=120, sort_dicts=True)}\n\n"
-        f"UNSUPPORTED = {pprint.pformat(unsupported, width=120, sort_dicts=True)}\n"
+        f"UNSUPPORTED = {pprint.pformat(unsupported, width=120, sort_dicts=True)}\n\n"
+        f"TOP1 = {pprint.pformat(top1, width=120, sort_dicts=True)}\n"
     )
     out = pathlib.Path(__file__).resolve().parents[1] / "keras_vitnt" / "models" / "tags.py"
     out.write_text(text)

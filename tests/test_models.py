@@ -142,7 +142,7 @@ def test_input_tensor():
     (dict(input_shape=(None, None, 3)), "must be fixed"),
     (dict(input_shape=(32, 32)), r"\(height, width, 3\)"),
     (dict(pooling="token"), "include_top=False"),
-    (dict(include_top=False, pooling="max"), "pooling"),
+    (dict(include_top=False, pooling="gem"), "pooling"),
     (dict(dept=3), "dept"),
     (dict(pos_embed="rope"), "pos_embed"),
     (dict(class_token=False), "global_pool='avg'"),

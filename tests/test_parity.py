@@ -86,13 +86,16 @@ def test_parity_slow_huge_at_four_blocks(name, tmp_path):
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_patch16_224",
                                   "tnt_s_legacy_patch16_224", "vit_small_patch14_reg4_dinov2",
                                   "vit_base_patch16_siglip_224", "vit_base_patch16_clip_224",
-                                  "vit_giant_patch14_reg4_dinov2"])
+                                  "vit_giant_patch14_reg4_dinov2", "aimv2_large_patch14_224", "vit_base_patch16_rpn_224",
+                                  "vit_dpwee_patch16_reg1_gap_256", "vit_dwee_patch16_reg1_gap_256",
+                                  "vit_small_patch16_18x2_224", "beit3_base_patch16_224"])
 def test_random_init_matches_timm_distributions(name):
     """weights=None draws every tensor as timm's init does: tokens (cls 1e-6, dist 0.02), PyTorch's
     Conv2d default for the patch convs (bias included), untruncated N(0, .02) Linear weights and
     position tables (timm's trunc_normal_ cuts at +-2, not +-2 std), zero biases, unit norms;
     registers 1e-6, LayerScale at init_values, the attention pool's latent (tf-style truncated,
-    std dim ** -0.5), GluMlp's gate half (N(0, 1e-6), bias 1)."""
+    std dim ** -0.5), GluMlp's gate half and SwiGLU's fc1_g (N(0, 1e-6), bias 1), ResPostBlock's
+    norms at init_values, differential attention's lambdas (N(0, 0.1)), mlp_bias zero."""
     import timm
     import torch
 

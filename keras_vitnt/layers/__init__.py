@@ -1,8 +1,22 @@
 """Keras layers of keras_vitnt, all registered for `.keras` save/load."""
 
-from keras_vitnt.layers.attention import Attention, TNTAttention
-from keras_vitnt.layers.base import LayerNorm
-from keras_vitnt.layers.blocks import AttentionPoolLatent, DropPath, GluMlp, LayerScale, Mlp, TransformerBlock
+from keras_vitnt.layers.attention import Attention, DiffAttention, TNTAttention
+from keras_vitnt.layers.base import LayerNorm, RmsNorm
+from keras_vitnt.layers.blocks import (
+    ATTN_LAYERS,
+    BLOCKS,
+    AttentionPoolLatent,
+    DiffParallelScalingBlock,
+    DropPath,
+    GluMlp,
+    LayerScale,
+    Mlp,
+    ParallelScalingBlock,
+    ParallelThingsBlock,
+    ResPostBlock,
+    SwiGLU,
+    TransformerBlock,
+)
 from keras_vitnt.layers.embedding import (
     POS_EMBED_KINDS,
     PatchEmbedding,
@@ -15,13 +29,22 @@ from keras_vitnt.layers.embedding import (
 from keras_vitnt.layers.tnt import PixelEmbed, PixelToPatch, TNTBlock
 
 __all__ = [
+    "ATTN_LAYERS",
     "Attention",
+    "BLOCKS",
+    "DiffAttention",
+    "DiffParallelScalingBlock",
     "AttentionPoolLatent",
     "DropPath",
     "GluMlp",
     "LayerNorm",
     "LayerScale",
     "Mlp",
+    "ParallelScalingBlock",
+    "ParallelThingsBlock",
+    "ResPostBlock",
+    "RmsNorm",
+    "SwiGLU",
     "POS_EMBED_KINDS",
     "PatchEmbedding",
     "PixelEmbed",

@@ -18,10 +18,12 @@ ViT-S/16 at batch 16; the README's Performance section has the numbers):
   kernels on GPU) whenever the weights are not needed.
 """
 
+import math
+
 import keras
 from keras import ops
 
-from keras_vitnt.layers.base import SharedDtypePolicy, dense, register
+from keras_vitnt.layers.base import SharedDtypePolicy, dense, layer_norm, register
 
 
 def tokens_2d(x):
@@ -30,19 +32,19 @@ def tokens_2d(x):
     return ops.reshape(x, (-1, x.shape[-1])), t
 
 
-def _heads_first(x, t, groups, num_heads):
+def heads_first(x, t, groups, num_heads):
     """(B*T, groups*D) -> (groups*heads, B, T, head_dim) with one transpose. Heads lead, so
     q, k and v are slices along axis 0, which TensorFlow takes without a copy."""
     head_dim = x.shape[-1] // (groups * num_heads)
     return ops.transpose(ops.reshape(x, (-1, t, groups * num_heads, head_dim)), (2, 0, 1, 3))
 
 
-def _merge_heads(x, dim):
+def merge_heads(x, dim):
     """(heads, B, T, head_dim) -> (B*T, heads*head_dim)."""
     return ops.reshape(ops.transpose(x, (1, 2, 0, 3)), (-1, dim))
 
 
-def _attend(q, k, v, scale, needs_weights, dropout, training):
+def attend(q, k, v, scale, needs_weights, dropout, training):
     """q, k, v: (heads, B, T, head_dim) -> (heads, B, T, head_dim) and the softmax weights
     as (B, heads, T, T), or None when they were not computed."""
     if not needs_weights and keras.backend.backend() != "tensorflow":
@@ -58,7 +60,7 @@ def _attend(q, k, v, scale, needs_weights, dropout, training):
 
 
 class _AttentionBase(SharedDtypePolicy, keras.layers.Layer):
-    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, **kwargs):
+    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, proj_bias=True, **kwargs):
         super().__init__(**kwargs)
         if dim % num_heads:
             raise ValueError(f"{type(self).__name__}: dim {dim} is not divisible by num_heads {num_heads}")
@@ -68,7 +70,9 @@ class _AttentionBase(SharedDtypePolicy, keras.layers.Layer):
         self.scale = self.head_dim**-0.5
         self.attn_drop = float(attn_drop)
         self.proj_drop = float(proj_drop)
-        self.proj = dense(self.dim, "proj")
+        self.proj_bias = bool(proj_bias)
+        self.proj = dense(self.dim, "proj", use_bias=self.proj_bias)
+        self.norm = None  # timm's scale_norm: a norm of the heads' output before proj (BEiT-3)
         self.attn_dropout = keras.layers.Dropout(self.attn_drop)
         self.proj_dropout = keras.layers.Dropout(self.proj_drop)
 
@@ -76,14 +80,21 @@ class _AttentionBase(SharedDtypePolicy, keras.layers.Layer):
         """(B*T, D) rows -> q, k, v as (heads, B, T, head_dim)."""
         raise NotImplementedError
 
+    def _mix(self, q, k, v, needs_weights, training):
+        """-> (heads, B, T, head_dim) outputs and the weights (B, heads, T, T) or None."""
+        return attend(q, k, v, self.scale, needs_weights, self.attn_dropout, training)
+
     def call(self, x, training=None, return_attention_scores=False, tokens=None):
         """x: (B, T, D) tokens, or (B*T, D) rows with `tokens=T` (how the blocks call it,
         so that the residual add fuses into `proj`); the output has the shape of x."""
         rows, t = (x, tokens) if tokens is not None else tokens_2d(x)
         q, k, v = self._qkv(rows, t)
         needs_weights = return_attention_scores or bool(training and self.attn_drop > 0)
-        out, weights = _attend(q, k, v, self.scale, needs_weights, self.attn_dropout, training)
-        out = self.proj_dropout(self.proj(_merge_heads(out, self.dim)), training=training)
+        out, weights = self._mix(q, k, v, needs_weights, training)
+        out = merge_heads(out, self.dim)
+        if self.norm is not None:
+            out = self.norm(out)
+        out = self.proj_dropout(self.proj(out), training=training)
         if tokens is None:
             out = ops.reshape(out, (-1, t, self.dim))
         return (out, weights) if return_attention_scores else out
@@ -98,30 +109,50 @@ class _AttentionBase(SharedDtypePolicy, keras.layers.Layer):
             "num_heads": self.num_heads,
             "attn_drop": self.attn_drop,
             "proj_drop": self.proj_drop,
+            "proj_bias": self.proj_bias,
         }
 
 
 @register
 class Attention(_AttentionBase):
-    """ViT/DeiT attention: one fused `qkv` Dense (D -> 3D), `proj` Dense with bias."""
+    """ViT/DeiT attention (timm's `Attention`): one fused `qkv` Dense (D -> 3D) and `proj`
+    (bias unless proj_bias=False). `qk_norm`: q and k normalised per head (`q_norm`, `k_norm`);
+    `scale_norm`: a norm of the heads' output before `proj` (`norm`, BEiT-3); both of timm's
+    `norm_layer` kind ("layernorm" or "rmsnorm") with `norm_eps`."""
 
-    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, **kwargs):
-        super().__init__(dim, num_heads, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, proj_bias=True, qk_norm=False,
+                 scale_norm=False, norm_layer="layernorm", norm_eps=1e-6, **kwargs):
+        super().__init__(dim, num_heads, attn_drop=attn_drop, proj_drop=proj_drop, proj_bias=proj_bias, **kwargs)
         self.qkv_bias = bool(qkv_bias)
+        self.qk_norm = bool(qk_norm)
+        self.scale_norm = bool(scale_norm)
+        self.norm_layer = str(norm_layer)
+        self.norm_eps = float(norm_eps)
         self.qkv = dense(3 * self.dim, "qkv", use_bias=self.qkv_bias)
+        self.q_norm = layer_norm(self.norm_eps, "q_norm", self.norm_layer) if self.qk_norm else None
+        self.k_norm = layer_norm(self.norm_eps, "k_norm", self.norm_layer) if self.qk_norm else None
+        if self.scale_norm:
+            self.norm = layer_norm(self.norm_eps, "norm", self.norm_layer)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         self.qkv.build(input_shape)
+        for layer, width in ((self.q_norm, self.head_dim), (self.k_norm, self.head_dim), (self.norm, self.dim)):
+            if layer is not None:
+                layer.build(input_shape[:-1] + (width,))
         self.proj.build(input_shape[:-1] + (self.dim,))
 
     def _qkv(self, x, t):
-        qkv = _heads_first(self.qkv(x), t, 3, self.num_heads)
+        qkv = heads_first(self.qkv(x), t, 3, self.num_heads)
         h = self.num_heads
-        return qkv[:h], qkv[h : 2 * h], qkv[2 * h :]
+        q, k, v = qkv[:h], qkv[h : 2 * h], qkv[2 * h :]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def get_config(self):
-        return {**super().get_config(), "qkv_bias": self.qkv_bias}
+        return {**super().get_config(), "qkv_bias": self.qkv_bias, "qk_norm": self.qk_norm,
+                "scale_norm": self.scale_norm, "norm_layer": self.norm_layer, "norm_eps": self.norm_eps}
 
 
 @register
@@ -129,8 +160,8 @@ class TNTAttention(_AttentionBase):
     """TNT attention: separate `qk` (D -> 2D) and `v` (D -> D) Dense layers, no bias by
     default (timm's `qkv_bias=False`), and `proj` with bias."""
 
-    def __init__(self, dim, num_heads, qkv_bias=False, attn_drop=0.0, proj_drop=0.0, **kwargs):
-        super().__init__(dim, num_heads, attn_drop=attn_drop, proj_drop=proj_drop, **kwargs)
+    def __init__(self, dim, num_heads, qkv_bias=False, attn_drop=0.0, proj_drop=0.0, proj_bias=True, **kwargs):
+        super().__init__(dim, num_heads, attn_drop=attn_drop, proj_drop=proj_drop, proj_bias=proj_bias, **kwargs)
         self.qkv_bias = bool(qkv_bias)
         self.qk = dense(2 * self.dim, "qk", use_bias=self.qkv_bias)
         self.v = dense(self.dim, "v", use_bias=self.qkv_bias)
@@ -142,9 +173,87 @@ class TNTAttention(_AttentionBase):
         self.proj.build(input_shape[:-1] + (self.dim,))
 
     def _qkv(self, x, t):
-        qk = _heads_first(self.qk(x), t, 2, self.num_heads)
-        v = _heads_first(self.v(x), t, 1, self.num_heads)
+        qk = heads_first(self.qk(x), t, 2, self.num_heads)
+        v = heads_first(self.v(x), t, 1, self.num_heads)
         return qk[: self.num_heads], qk[self.num_heads :], v
 
     def get_config(self):
         return {**super().get_config(), "qkv_bias": self.qkv_bias}
+
+
+class DiffLambdas:
+    """The differential-attention part of a layer (timm's `DiffAttention`, "Differential
+    Transformer"): q and k have 2 x heads half-width heads, paired; each pair's softmax maps
+    give `w_even - lambda * w_odd`, which mixes v in full-width heads, then `sub_norm` (RmsNorm,
+    eps 1e-5) and `* (1 - lambda_init)`. lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 .
+    lambda_k2) + lambda_init, with lambda_init = 0.8 - 0.6 exp(-0.3 block_index)."""
+
+    LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+
+    def _make_diff(self, block_index):
+        self.block_index = int(block_index)
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * self.block_index)
+        self.half_dim = self.dim // self.num_heads // 2
+        self.sub_norm = layer_norm(1e-5, "sub_norm", "rmsnorm")
+
+    def _build_diff(self, lead):
+        for name in self.LAMBDAS:  # timm: normal_(std=0.1), float32 whatever the policy
+            setattr(self, name, self.add_weight(shape=(self.half_dim,), dtype="float32", name=name,
+                                                initializer=keras.initializers.RandomNormal(stddev=0.1)))
+        self.sub_norm.build(lead + (2 * self.half_dim,))
+
+    def _diff_qk(self, qk, t):
+        """(rows, 2D) -> q, k as (2 heads, B, T, half_dim)."""
+        qk = heads_first(qk, t, 2, 2 * self.num_heads)
+        h2 = 2 * self.num_heads
+        return qk[:h2], qk[h2:]
+
+    def _diff_mix(self, q, k, v, needs_weights, dropout, training):
+        """q, k: (2 heads, B, T, half_dim); v: (heads, B, T, 2 half_dim)."""
+        lam = (ops.exp(ops.sum(self.lambda_q1 * self.lambda_k1)) - ops.exp(ops.sum(self.lambda_q2 * self.lambda_k2))
+               + self.lambda_init)
+        lam = ops.cast(lam, q.dtype)
+        scores = ops.matmul(q * ops.cast(self.half_dim**-0.5, q.dtype), ops.swapaxes(k, -1, -2))
+        weights = ops.softmax(scores, axis=-1)
+        if dropout.rate > 0:
+            weights = dropout(weights, training=training)
+        t = ops.shape(weights)[-1]
+        pairs = ops.reshape(weights, (self.num_heads, 2, -1, t))  # heads 2h and 2h + 1 pair up, as timm's view
+        diff = ops.reshape(pairs[:, 0] - lam * pairs[:, 1], (self.num_heads, -1, t, t))  # (heads, B, T, T)
+        out = self.sub_norm(ops.matmul(diff, v)) * ops.cast(1.0 - self.lambda_init, q.dtype)
+        return out, (ops.transpose(diff, (1, 0, 2, 3)) if needs_weights else None)
+
+
+@register
+class DiffAttention(DiffLambdas, Attention):
+    """timm's `DiffAttention` (attn_layer="diff", the `vit_d*` ViTs): Attention's `qkv`,
+    norms and `proj`, with the differential mixing of `DiffLambdas`; `block_index` is timm's
+    `depth` argument, the block's index, which sets lambda_init."""
+
+    def __init__(self, dim, num_heads, block_index=0, **kwargs):
+        super().__init__(dim, num_heads, **kwargs)
+        self._make_diff(block_index)  # q_norm / k_norm act on the half-width heads
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        lead = input_shape[:-1]
+        self.qkv.build(input_shape)
+        for layer, width in ((self.q_norm, self.half_dim), (self.k_norm, self.half_dim), (self.norm, self.dim)):
+            if layer is not None:
+                layer.build(lead + (width,))
+        self.proj.build(lead + (self.dim,))
+        self._build_diff(lead)
+
+    def _qkv(self, x, t):
+        y = self.qkv(x)
+        q, k = self._diff_qk(y[:, : 2 * self.dim], t)
+        v = heads_first(y[:, 2 * self.dim :], t, 1, self.num_heads)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def _mix(self, q, k, v, needs_weights, training):
+        return self._diff_mix(q, k, v, needs_weights, self.attn_dropout, training)
+
+    def get_config(self):
+        return {**super().get_config(), "block_index": self.block_index}

@@ -71,9 +71,46 @@ class LayerNorm(keras.layers.LayerNormalization):
         return ops.cast(out, self.compute_dtype)
 
 
-def layer_norm(epsilon, name):
-    """LayerNorm with an explicit epsilon (Keras's default 1e-3 is never right here)."""
-    return LayerNorm(epsilon=epsilon, name=name)
+@register
+class RmsNorm(keras.layers.Layer):
+    """timm's `RmsNorm`: `x * rsqrt(mean(x^2) + eps) * gamma` over the last axis, no centring
+    and no bias (AIMv2, the `xp` ViTs). Computes in float32 under a mixed policy, as LayerNorm."""
+
+    def __init__(self, epsilon=1e-6, gamma_init=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+        self.gamma_init = float(gamma_init)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer=keras.initializers.Constant(
+            self.gamma_init), name="gamma")
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32") if self.compute_dtype in ("float16", "bfloat16") else inputs
+        inv = ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + ops.cast(self.epsilon, x.dtype))
+        return ops.cast(x * (inv * ops.cast(self.gamma, x.dtype)), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "gamma_init": self.gamma_init}
+
+
+# timm's norm_layer names (get_norm_layer's lower-case spelling) -> the layer
+NORM_LAYERS = ("layernorm", "rmsnorm")
+
+
+def layer_norm(epsilon, name, kind="layernorm", gamma_init=1.0):
+    """timm's `norm_layer` with an explicit epsilon (Keras's default 1e-3 is never right here):
+    `kind` "layernorm" (LayerNorm) or "rmsnorm" (RmsNorm); `gamma_init`: the scale's start
+    (timm's ResPostBlock starts its norms at init_values)."""
+    if kind == "rmsnorm":
+        return RmsNorm(epsilon=epsilon, gamma_init=gamma_init, name=name)
+    if kind != "layernorm":
+        raise ValueError(f"norm_layer={kind!r}: choose one of {', '.join(NORM_LAYERS)}")
+    gamma = "ones" if gamma_init == 1.0 else keras.initializers.Constant(gamma_init)
+    return LayerNorm(epsilon=epsilon, gamma_initializer=gamma, name=name)
 
 
 def dense(units, name, use_bias=True):

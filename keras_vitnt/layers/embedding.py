@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vitnt.layers.base import SharedDtypePolicy, conv, register, timm_normal
+from keras_vitnt.layers.base import SharedDtypePolicy, conv, layer_norm, register, timm_normal
 
 POS_EMBED_KINDS = ("learned_1d", "learned_2d", "sincos_2d", "none")
 
@@ -50,30 +50,39 @@ def unfold_patches(x, patch_size):
 class PatchEmbedding(SharedDtypePolicy, keras.layers.Layer):
     """Conv2D with kernel = stride = P, flattened to (B, N, D) in row-major order; initialised
     as timm's `patch_embed.proj` (PyTorch's Conv2d default, see `TorchConv2D`). `bias=False`
-    for the models that normalise right after it (timm's pre_norm, CLIP)."""
+    for the models that normalise right after it (timm's pre_norm, CLIP). `norm_layer`
+    ("layernorm" or "rmsnorm", eps `norm_eps`): a norm of the patch tokens (timm's
+    embed_norm_layer, AIMv2). A size P does not divide loses its last pixels, as timm's conv."""
 
-    def __init__(self, patch_size, embed_dim, bias=True, **kwargs):
+    def __init__(self, patch_size, embed_dim, bias=True, norm_layer=None, norm_eps=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
         self.embed_dim = int(embed_dim)
         self.bias = bool(bias)
+        self.norm_layer = norm_layer
+        self.norm_eps = float(norm_eps)
         self.proj = conv(self.embed_dim, self.patch_size, strides=self.patch_size, use_bias=self.bias)
+        self.norm = layer_norm(self.norm_eps, "norm", norm_layer) if norm_layer else None
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         self.proj.build(input_shape)
+        if self.norm is not None:
+            self.norm.build((None, self.embed_dim))
 
     def call(self, x):
         x = self.proj(x)
         _, gh, gw, d = x.shape
-        return ops.reshape(x, (-1, gh * gw, d))
+        x = ops.reshape(x, (-1, gh * gw, d))
+        return x if self.norm is None else self.norm(x)
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
         return (b, (h // self.patch_size) * (w // self.patch_size), self.embed_dim)
 
     def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "embed_dim": self.embed_dim, "bias": self.bias}
+        return {**super().get_config(), "patch_size": self.patch_size, "embed_dim": self.embed_dim, "bias": self.bias,
+                "norm_layer": self.norm_layer, "norm_eps": self.norm_eps}
 
 
 @register
@@ -250,17 +259,19 @@ class TokenPool(keras.layers.Layer):
     """Reduces (B, T, D) tokens to (B, D).
 
     mode "token": the class token (index 0); "dist": DeiT's distillation token (index 1);
-    "avg": mean of the patch tokens (after the prefix); "dist_avg": mean of the class and
-    distillation tokens (timm's DeiT pre-logits).
+    "avg": mean of the patch tokens (after the prefix; all tokens with num_prefix_tokens=0);
+    "max": their maximum; "avgmax": (mean + max) / 2 (timm's global_pool names); "dist_avg":
+    mean of the class and distillation tokens (timm's DeiT pre-logits).
     """
 
-    MODES = ("token", "dist", "avg", "dist_avg")
+    MODES = ("token", "dist", "avg", "max", "avgmax", "dist_avg")
+    REDUCTIONS = ("avg", "max", "avgmax")
 
     def __init__(self, mode="token", num_prefix_tokens=1, **kwargs):
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise ValueError(f"TokenPool: unknown mode {mode!r}; choose one of {self.MODES}")
-        if mode != "avg" and num_prefix_tokens < (1 if mode == "token" else 2):
+        if mode not in self.REDUCTIONS and num_prefix_tokens < (1 if mode == "token" else 2):
             raise ValueError(f"TokenPool: mode {mode!r} needs prefix tokens, the model has {num_prefix_tokens}")
         self.mode = mode
         self.num_prefix_tokens = int(num_prefix_tokens)
@@ -272,7 +283,12 @@ class TokenPool(keras.layers.Layer):
             return x[:, 1]
         if self.mode == "dist_avg":
             return (x[:, 0] + x[:, 1]) * 0.5
-        return ops.mean(x[:, self.num_prefix_tokens :], axis=1)
+        x = x[:, self.num_prefix_tokens :]
+        if self.mode == "avg":
+            return ops.mean(x, axis=1)
+        if self.mode == "max":
+            return ops.max(x, axis=1)
+        return 0.5 * (ops.max(x, axis=1) + ops.mean(x, axis=1))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
@@ -281,15 +297,16 @@ class TokenPool(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens}
 
 
-def grid_for(image_size, patch_size, what="model"):
-    """(gh, gw) for an (H, W) input, with a clear error when P does not divide it."""
+def grid_for(image_size, patch_size, what="model", drop_remainder=False):
+    """(gh, gw) for an (H, W) input, with a clear error when P does not divide it (unless
+    `drop_remainder`: the model's patch conv drops the last pixels, as timm's)."""
     h, w = image_size
     if h is None or w is None:
         raise ValueError(
             f"{what}: the input height and width must be fixed (got {image_size}); position embeddings "
             "are built for one patch grid. Pass input_shape=(H, W, 3)."
         )
-    if h % patch_size or w % patch_size:
+    if (h % patch_size or w % patch_size) and not drop_remainder:
         raise ValueError(
             f"{what}: input size {h}x{w} is not divisible by the patch size {patch_size}. "
             f"Use a size that is, e.g. {math.ceil(h / patch_size) * patch_size}x{math.ceil(w / patch_size) * patch_size}."

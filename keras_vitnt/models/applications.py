@@ -21,12 +21,13 @@ BASE_DOCSTRING = """Instantiates {title}, as timm's `{timm}` (same numbers for t
             "none" is the same as None.
         input_tensor: optional Keras tensor to use as the image input.
         input_shape: (height, width, 3); any size the patch size divides. Defaults to the
-            model's resolution (224 or 384).
+            model's resolution (224, 384, DINOv2's 518, ...).
         pooling: with include_top=False: None returns the normalised token sequence
             (B, prefix + N, D); "token" the class token (the mean of class and distillation
-            tokens for distilled DeiT, as timm); "avg" the mean of the patch tokens; "map" the
-            attention-pooling head of global_pool="map" models (SigLIP). Each as timm's
-            pre-logits features (fc_norm included where the model has one).
+            tokens for distilled DeiT, as timm); "avg" the mean of the patch tokens, "max" their
+            maximum, "avgmax" the mean of both; "map" the attention-pooling head of
+            global_pool="map" models (SigLIP). Each as timm's pre-logits features (fc_norm
+            included where the model has one).
         classes: number of classes of the head. None (default): the head follows the weights,
             as in timm (1000 without weights; a headless feature checkpoint with
             include_top=True is an error). A count the checkpoint does not have loads the

@@ -43,11 +43,11 @@ class BuildOptions:
         if self.include_top and self.pooling is not None:
             raise ValueError(
                 f"pooling={self.pooling!r} applies to include_top=False only; with a classifier head, choose the "
-                "pooling with global_pool='token' or 'avg'."
+                "pooling with global_pool ('token', 'avg', 'avgmax', 'max' or 'map')."
             )
-        if self.pooling not in (None, "token", "avg", "map"):
-            raise ValueError(f"pooling={self.pooling!r}: choose None (token sequence), 'token', 'avg' or 'map' (the "
-                             "attention pooling of a model with global_pool='map')")
+        if self.pooling not in (None, "token", "avg", "avgmax", "max", "map"):
+            raise ValueError(f"pooling={self.pooling!r}: choose None (token sequence), 'token', 'avg', 'avgmax', 'max' "
+                             "or 'map' (the attention pooling of a model with global_pool='map')")
         classes = self.classes
         if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
             raise ValueError(f"classes must be a positive integer (or None: the weights' classes), got {classes!r}")
@@ -67,7 +67,7 @@ def create(spec, overrides, options):
     weights.read()  # a file is read (and checked) before any graph is built
     classes = weights.head_classes(options.classes) if options.include_top else None
     inputs, x, config = _inputs(config, options)
-    grid_for(config.img_size, config.patch_size, what=options.name or spec.name)
+    grid_for(config.img_size, config.patch_size, what=options.name or spec.name, drop_remainder=config.drop_remainder)
     if options.include_preprocessing:
         x = Preprocess(*weights.mean_std(options.mean, options.std), name="preprocess")(x)
     tokens, head_norm = TRUNKS[config.family](x, config, options.drop_path_rate)
@@ -127,8 +127,10 @@ def _features(tokens, config, head_norm, pooling):
 def _pooled(tokens, config, head_norm, pooling):
     if pooling == "map":
         y = AttentionPoolLatent(config.embed_dim, config.num_heads, mlp_ratio=config.mlp_ratio,
-                                num_prefix_tokens=config.num_prefix_tokens, norm_eps=config.norm_eps,
-                                act=config.act_layer, name="attn_pool")(tokens)
-    else:
+                                num_prefix_tokens=config.pool_prefix_tokens, norm_eps=config.norm_eps,
+                                act=config.act_layer, norm_layer=config.norm_layer, name="attn_pool")(tokens)
+    elif pooling == "token":
         y = TokenPool(pooling, config.num_prefix_tokens, name="pool")(tokens)
-    return layer_norm(config.norm_eps, "fc_norm")(y) if head_norm else y
+    else:
+        y = TokenPool(pooling, config.pool_prefix_tokens, name="pool")(tokens)
+    return layer_norm(config.norm_eps, "fc_norm", config.norm_layer)(y) if head_norm else y

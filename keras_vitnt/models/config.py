@@ -14,7 +14,8 @@ architecture option is one field here plus its use in the family's trunk.
 import dataclasses
 import typing
 
-from keras_vitnt.layers.blocks import ACTIVATIONS, MLP_LAYERS
+from keras_vitnt.layers.base import NORM_LAYERS
+from keras_vitnt.layers.blocks import ACTIVATIONS, ATTN_LAYERS, BLOCKS, MLP_LAYERS
 from keras_vitnt.layers.embedding import POS_EMBED_KINDS
 from keras_vitnt.layers.tnt import words_per_side
 
@@ -50,8 +51,12 @@ class ArchConfig:
     global_pool: str = timm_field("token")  # one of POOLS: "token" (class token), "avg" (patch mean), ViT: "map"
     pos_embed: str = timm_field("learned_1d")  # one of POS_EMBED_KINDS (timm's "learn" / "none" accepted)
     norm_eps: float = 1e-6  # timm's LayerNorm eps for the family
+    norm_layer: str = "layernorm"  # the kind of every norm (a timm keyword of ViT only)
     cls_token_std: float = 0.02  # timm's init std of the class token
     norm: str = "INCEPTION"  # the normalisation (a NORMS key) when the weights name none
+    # the patch size need not divide the input: the last pixels are dropped, as timm's conv does
+    # (set by scripts/gen_tags.py for the architectures whose own size needs it: so400m/14 at 384)
+    drop_remainder: bool = False
 
     @classmethod
     def overridable(cls):
@@ -99,11 +104,16 @@ class ArchConfig:
         """Prefix tokens the position table has rows for."""
         return self.num_prefix_tokens
 
+    @property
+    def pool_prefix_tokens(self):
+        """Leading tokens the avg/max/map pooling skips."""
+        return self.num_prefix_tokens
+
     def with_input_size(self, height, width):
         return dataclasses.replace(self, img_size=(height, width))
 
     def _pos_params(self, dim):
-        gh, gw = (s // self.patch_size for s in self.img_size)
+        gh, gw = (s // self.patch_size for s in self.img_size)  # floored, as the patch conv
         prefix = self.pos_prefix_tokens
         if self.pos_embed == "learned_1d":
             return (prefix + gh * gw) * dim
@@ -121,7 +131,7 @@ class ViTConfig(ArchConfig):
     """timm's `VisionTransformer` (and DeiT's `VisionTransformerDistilled` with distilled=True)."""
 
     family: typing.ClassVar[str] = "vit"
-    POOLS: typing.ClassVar[tuple] = ("token", "avg", "map")  # map: timm's AttentionPoolLatent (SigLIP)
+    POOLS: typing.ClassVar[tuple] = ("token", "avg", "avgmax", "max", "map")  # map: AttentionPoolLatent (SigLIP)
 
     num_heads: int = timm_field(12)
     qkv_bias: bool = timm_field(True)
@@ -134,7 +144,16 @@ class ViTConfig(ArchConfig):
     fc_norm: bool = timm_field(None)  # final norm after pooling; None: for global_pool="avg" only
     final_norm: bool = timm_field(True)  # False: neither norm nor fc_norm
     act_layer: str = timm_field("gelu")  # MLP activation: gelu (exact), gelu_tanh, quick_gelu, silu
-    mlp_layer: str = timm_field("mlp")  # "mlp", or "glu": timm's GluMlp with the gate first (SwiGLUPacked)
+    mlp_layer: str = timm_field("mlp")  # "mlp", "glu" (GluMlp, gate first: SwiGLUPacked) or "swiglu" (SwiGLU)
+    norm_layer: str = timm_field("layernorm")  # every norm: "layernorm" or "rmsnorm" (AIMv2, xp), eps norm_eps
+    embed_norm_layer: str = timm_field(None)  # a norm of the patch tokens (AIMv2), eps norm_eps
+    qk_norm: bool = timm_field(False)  # q and k normalised per head (the xp ViTs)
+    proj_bias: bool = timm_field(True)  # False: no bias in attention proj nor the MLP (AIMv2)
+    scale_attn_norm: bool = timm_field(False)  # a norm before attention proj (BEiT-3)
+    scale_mlp_norm: bool = timm_field(False)  # a norm before MLP fc2 (BEiT-3)
+    block_fn: str = timm_field("Block")  # a BLOCKS key: Block, ResPostBlock, Parallel(Scaling|Things)Block, ...
+    attn_layer: str = timm_field("attn")  # "attn", or "diff": differential attention (the vit_d* ViTs)
+    pool_include_prefix: bool = timm_field(False)  # avg/max/map pooling over the prefix tokens too
     norm_eps: float = 1e-6  # partial(nn.LayerNorm, eps=1e-6); 1e-5 for CLIP towers
     cls_token_std: float = 1e-6  # normal_(cls_token, std=1e-6)
     dist_token_std: float = 0.02  # trunc_normal_(dist_token, std=.02)
@@ -153,6 +172,18 @@ class ViTConfig(ArchConfig):
             raise ValueError(f"act_layer={self.act_layer!r}: choose one of {', '.join(ACTIVATIONS)}")
         if self.mlp_layer not in MLP_LAYERS:
             raise ValueError(f"mlp_layer={self.mlp_layer!r}: choose one of {', '.join(MLP_LAYERS)}")
+        for key in ("norm_layer", "embed_norm_layer"):
+            value = getattr(self, key)
+            if value is not None and value not in NORM_LAYERS:
+                raise ValueError(f"{key}={value!r}: choose one of {', '.join(NORM_LAYERS)}")
+        if self.attn_layer == "":  # timm's spelling of the default
+            object.__setattr__(self, "attn_layer", "attn")
+        if self.attn_layer not in ATTN_LAYERS:
+            raise ValueError(f"attn_layer={self.attn_layer!r}: choose one of {', '.join(ATTN_LAYERS)}")
+        if self.block_fn not in BLOCKS:
+            raise ValueError(f"block_fn={self.block_fn!r}: choose one of {', '.join(BLOCKS)}")
+        if "ParallelScaling" in self.block_fn and (self.scale_attn_norm or self.scale_mlp_norm):
+            raise ValueError(f"block_fn={self.block_fn!r} takes no scale_attn_norm/scale_mlp_norm (as in timm)")
 
     @property
     def num_prefix_tokens(self):
@@ -165,24 +196,46 @@ class ViTConfig(ArchConfig):
     @property
     def head_norm(self):
         """Whether the final norm comes after pooling (timm's fc_norm) rather than before it."""
-        use_fc_norm = self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+        use_fc_norm = self.global_pool in ("avg", "avgmax", "max") if self.fc_norm is None else self.fc_norm
         return self.final_norm and use_fc_norm
+
+    @property
+    def pool_prefix_tokens(self):
+        """Leading tokens the avg/max/map pooling skips."""
+        return 0 if self.pool_include_prefix else self.num_prefix_tokens
 
     def count_params(self, classes=1000, include_top=True):
         """Parameter count from the config alone (tested against timm and the built model)."""
-        d, p = self.embed_dim, self.patch_size
-        qkv = 3 * d * d + (3 * d if self.qkv_bias else 0)
-        scale = 2 * d if self.init_values is not None else 0
-        hidden = int(d * self.mlp_ratio)
-        mlp = _mlp_params(d, hidden) if self.mlp_layer == "mlp" else d * hidden + hidden + hidden // 2 * d + d
-        block = 4 * d + qkv + d * d + d + mlp + scale
-        norms = 2 * d * (int(self.pre_norm) + int(self.final_norm))
+        d, p, h = self.embed_dim, self.patch_size, int(self.embed_dim * self.mlp_ratio)
+
+        def norm(width):
+            return width * (2 if self.norm_layer == "layernorm" else 1)
+
+        bias = int(self.proj_bias)
+        diff = self.attn_layer == "diff" or self.block_fn == "DiffParallelScalingBlock"
+        head = d // self.num_heads // (2 if diff else 1)  # differential attention: half-width q/k heads
+        qk_norms = 2 * norm(head) if self.qk_norm else 0
+        qk_norms += 4 * head + 2 * head if diff else 0  # lambda_q1, k1, q2, k2 and sub_norm (RmsNorm, 2 head)
+        attn = 3 * d * d + 3 * d * self.qkv_bias + qk_norms + norm(d) * self.scale_attn_norm + d * d + d * bias
+        inner = {"mlp": h, "glu": h // 2, "swiglu": h}[self.mlp_layer]  # the width into fc2
+        fc1 = 2 * h if self.mlp_layer == "swiglu" else h
+        mlp = d * fc1 + fc1 * bias + inner * d + d * bias + norm(inner) * self.scale_mlp_norm
+        scale = d if self.init_values is not None else 0  # one LayerScale
+        if "ParallelScaling" in self.block_fn:  # attn_out_proj + mlp_out_proj, or Diff's one fused out_proj
+            block = norm(d) + d * (h + 3 * d) + (h + 3 * d if self.qkv_bias else h) + qk_norms + d * d + h * d
+            block += (1 if diff else 2) * d * bias + scale
+        elif self.block_fn == "ParallelThingsBlock":
+            block = 2 * (norm(d) + attn + scale) + 2 * (norm(d) + mlp + scale)
+        else:
+            block = 2 * norm(d) + attn + mlp + (2 * scale if self.block_fn == "Block" else 0)
+        norms = norm(d) * (int(self.pre_norm) + int(self.final_norm))
         if self.global_pool == "map":  # latent, q, kv, proj, norm, mlp
-            norms += d + 4 * (d * d + d) + 2 * d + _mlp_params(d, int(d * self.mlp_ratio))
+            norms += d + 4 * (d * d + d) + norm(d) + _mlp_params(d, h)
         stem = 3 * p * p * d + (0 if self.pre_norm else d) + self.num_prefix_tokens * d + self._pos_params(d)
+        stem += d * (2 if self.embed_norm_layer == "layernorm" else 1) if self.embed_norm_layer else 0
         total = stem + self.depth * block + norms
-        head = d * classes + classes if include_top and classes else 0
-        return total + head * (2 if self.distilled else 1)
+        classifier = d * classes + classes if include_top and classes else 0
+        return total + classifier * (2 if self.distilled else 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,27 +13,8 @@ import fnmatch
 import re
 
 from keras_vitnt.models.config import CONFIGS, NORMS, ArchConfig, TNTConfig, ViTConfig
-from keras_vitnt.models.tags import ARCHS, TAGS
+from keras_vitnt.models.tags import ARCHS, TAGS, TOP1  # TOP1: timm's results table
 
-# Published ImageNet-1k top-1 of the pretrained weights (timm's results table for the
-# augreg ViTs; the DeiT and TNT papers for theirs).
-TOP1 = {
-    "vit_tiny_patch16_224.augreg_in21k_ft_in1k": 75.45,
-    "vit_small_patch16_224.augreg_in21k_ft_in1k": 81.40,
-    "vit_base_patch16_224.augreg2_in21k_ft_in1k": 85.11,
-    "vit_base_patch16_384.augreg_in21k_ft_in1k": 86.01,
-    "vit_large_patch16_384.augreg_in21k_ft_in1k": 87.10,
-    "deit_tiny_patch16_224.fb_in1k": 72.2,
-    "deit_small_patch16_224.fb_in1k": 79.9,
-    "deit_base_patch16_224.fb_in1k": 81.8,
-    "deit_base_patch16_384.fb_in1k": 83.1,
-    "deit_tiny_distilled_patch16_224.fb_in1k": 74.5,
-    "deit_small_distilled_patch16_224.fb_in1k": 81.2,
-    "deit_base_distilled_patch16_224.fb_in1k": 83.4,
-    "deit_base_distilled_patch16_384.fb_in1k": 85.2,
-    "tnt_s_patch16_224.in1k": 81.5,
-    "tnt_b_patch16_224.in1k": 82.9,
-}
 
 # ViT size letter -> (timm size word, widths); MLP ratio 4 for all.
 VIT_SIZES = {

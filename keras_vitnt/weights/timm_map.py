@@ -13,6 +13,7 @@ from typing import NamedTuple
 import keras
 
 from keras_vitnt import layers as L
+from keras_vitnt.layers.blocks import Branch
 
 # torch layout -> Keras layout, per tensor kind
 LAYOUTS = {
@@ -51,7 +52,23 @@ def _kernel_bias(layout):
 
 def _norm(layer, prefix):
     yield f"{prefix}.weight", layer.gamma, "identity"
-    yield f"{prefix}.bias", layer.beta, "identity"
+    if getattr(layer, "beta", None) is not None:  # RmsNorm has none
+        yield f"{prefix}.bias", layer.beta, "identity"
+
+
+def _mlp_bias(layer, prefix):
+    if layer.mlp_bias is not None:
+        yield f"{prefix}.mlp_bias", layer.mlp_bias, "identity"
+
+
+def _lambdas(layer, prefix):
+    for name in layer.LAMBDAS:
+        yield f"{prefix}.{name}", getattr(layer, name), "identity"
+
+
+def _mlp_bias_and_lambdas(layer, prefix):
+    yield from _mlp_bias(layer, prefix)
+    yield from _lambdas(layer, prefix)
 
 
 def _prefix_tokens(layer, prefix):
@@ -89,14 +106,23 @@ TIMM_MAP = {
     keras.layers.Dense: Entry(own=_kernel_bias("linear")),
     keras.layers.Conv2D: Entry(own=_kernel_bias("conv")),
     keras.layers.LayerNormalization: Entry(own=_norm),
-    L.PatchEmbedding: Entry(children=("proj",)),
+    L.RmsNorm: Entry(own=_norm),
+    L.PatchEmbedding: Entry(children=("proj", "norm")),
     L.PrefixTokens: Entry(own=_prefix_tokens, root=True),
     L.PositionEmbedding: Entry(own=_position_embedding),
-    L.Attention: Entry(children=("qkv", "proj")),
+    L.Attention: Entry(children=("qkv", "q_norm", "k_norm", "norm", "proj")),
     L.TNTAttention: Entry(children=("qk", "v", "proj")),
-    L.Mlp: Entry(children=("fc1", "fc2")),
+    L.Mlp: Entry(children=("fc1", "norm", "fc2")),
+    L.SwiGLU: Entry(children=("fc1_g", "fc1_x", "norm", "fc2")),
     # ls1, ls2: None without init_values
     L.TransformerBlock: Entry(children=("norm1", "attn", "ls1", "norm2", "mlp", "ls2")),
+    L.ParallelThingsBlock: Entry(children=("attns", "ffns")),  # lists: attns.0, attns.1, ...
+    Branch: Entry(children=("norm", "attn", "mlp", "ls")),
+    L.ParallelScalingBlock: Entry(children=("in_norm", "in_proj", "q_norm", "k_norm", "attn_out_proj", "mlp_out_proj",
+                                            "ls"), own=_mlp_bias),
+    L.DiffAttention: Entry(children=("qkv", "q_norm", "k_norm", "sub_norm", "norm", "proj"), own=_lambdas),
+    L.DiffParallelScalingBlock: Entry(children=("in_norm", "in_proj", "q_norm", "k_norm", "sub_norm", "out_proj", "ls"),
+                                      own=_mlp_bias_and_lambdas),
     L.LayerScale: Entry(own=_layer_scale),
     L.AttentionPoolLatent: Entry(children=("q", "kv", "proj", "norm", "mlp"), own=_latent),
     L.PixelEmbed: Entry(children=("proj",), own=_pixel_pos),
@@ -121,8 +147,12 @@ def layer_timm_params(layer, prefix):
         return
     for name in entry.children:
         child = getattr(layer, name)
-        if child is not None:
-            yield from layer_timm_params(child, f"{prefix}.{name}" if prefix else name)
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, (list, tuple)):  # an nn.ModuleList: one key per index
+            for i, item in enumerate(child):
+                yield from layer_timm_params(item, f"{key}.{i}")
+        elif child is not None:
+            yield from layer_timm_params(child, key)
     if entry.own is not None:
         yield from entry.own(layer, prefix)
 
