@@ -34,7 +34,8 @@ def main():
         "`scripts/gen_model_table.py` from the registry (which `scripts/gen_tags.py` generates from timm). "
         "Parameters as timm counts them with the default weights' head (1000 classes without weights); "
         "options: the timm keywords that differ from the family's defaults; tags: the default first, "
-        "with the classes of each head (0 = features only).",
+        "with the classes of each head (0 = features only) and, where timm's results table has it, the "
+        "published ImageNet-1k top-1 (timm's `results/results-imagenet.csv`, at the tag's size and crop).",
         "",
         "| timm name | params | width x depth | patch | input | options | tags (classes) |",
         "|---|---:|---|---:|---:|---|---|",
@@ -44,7 +45,8 @@ def main():
         c = info.config
         classes = info.tags[0].num_classes if info.tags else 1000
         params = c.count_params(classes=classes)
-        tags = ", ".join(f"`{t.tag}` ({t.num_classes})" for t in info.tags) or "— (no pretrained weights)"
+        tags = ", ".join(f"`{t.tag}` ({t.num_classes}" + (f", top-1 {t.top1:.2f})" if t.top1 else ")")
+                         for t in info.tags) or "— (no pretrained weights)"
         lines.append(f"| `{name}` | {params / 1e6:.2f} M | {c.embed_dim} x {c.depth} | {c.patch_size} | "
                      f"{c.img_size[0]} | {options(c)} | {tags} |")
     OUT.write_text("\n".join(lines) + "\n")

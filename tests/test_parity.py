@@ -1,7 +1,8 @@
 """Parity with timm: a timm model with every tensor perturbed is saved to a file, loaded
 through keras_vitnt's loader (the path hub weights take) and its logits compared. Every
 registered name is checked at reduced depth (real widths) in the fast set, one model per
-family at full depth; the other full-depth models run under `-m slow`. And the random
+family and option combination at full depth (FULL_FAST); the other full-depth models run
+under `-m slow`. And the random
 init: every tensor starts from the distribution timm draws it from."""
 
 import numpy as np
@@ -24,7 +25,22 @@ from timm_oracle import (
 # fast set: LayerNorm eps 1e-5 instead of 1e-6 in ViT 1.2e-4, tanh GELU 1.1e-4, attention
 # scale * 1.01 1.6e-4. 1e-5 leaves >= 6x margin on each side.
 TOL = 1e-5
-FULL_FAST = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_patch16_224"]
+# full depth in the fast set: one model per family and per option combination (the smallest of each);
+# AIMv2 (SwiGLU + RmsNorm + embed norm, 310M at least), the DINOv2 giants (GluMlp) and the others
+# run at full depth under -m slow only
+FULL_FAST = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_patch16_224",
+             "deit3_small_patch16_224",  # LayerScale, no_embed_class
+             "vit_small_patch14_reg4_dinov2",  # registers, 518x518
+             "vit_base_patch32_clip_quickgelu_224",  # pre_norm, quick_gelu, eps 1e-5
+             "vit_base_patch16_siglip_224",  # map pooling, no class token, tanh-GELU
+             "vit_pwee_patch16_reg1_gap_256",  # ParallelScalingBlock, registers, avg pool
+             "vit_dwee_patch16_reg1_gap_256",  # differential attention
+             "vit_dpwee_patch16_reg1_gap_256",  # DiffParallelScalingBlock
+             "vit_small_patch16_18x2_224",  # ParallelThingsBlock
+             "vit_base_patch16_rpn_224",  # ResPostBlock
+             "vit_base_patch16_xp_224",  # ParallelScalingBlock with qk_norm, RmsNorm, pre_norm
+             "beit3_base_patch16_224",  # scale_attn_norm, scale_mlp_norm
+             "test_vit3", "test_vit4"]  # pool_include_prefix with map; rmsnorm
 # a full-depth parity holds about five fp32 copies of the weights (timm's, the file, the read and the
 # converted state dict, Keras's): models above 700M parameters would not fit in this machine's 24 GB,
 # so the slow suite checks them at 4 blocks (real widths) instead
