@@ -126,8 +126,12 @@ class SharedDtypePolicy:
     (the outer layer's policy comes from its config, the sub-layers' from the global one)."""
 
     def __setattr__(self, name, value):
-        if isinstance(value, keras.layers.Layer) and getattr(self, "_dtype_policy", None) is not None:
-            for layer in value._flatten_layers(include_self=True):  # its own sub-layers too
-                layer.dtype_policy = self.dtype_policy
+        if getattr(self, "_dtype_policy", None) is not None:
+            # a layer, or a list of them (ParallelThingsBlock's branches)
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            for item in items:
+                if isinstance(item, keras.layers.Layer):
+                    for layer in item._flatten_layers(include_self=True):  # its own sub-layers too
+                        layer.dtype_policy = self.dtype_policy
         super().__setattr__(name, value)
 
