@@ -189,3 +189,23 @@ def test_global_avg_pool_vit_matches_timm_fc_norm(tmp_path):
         global_pool="avg", include_preprocessing=False, classifier_activation=None,
     )
     assert relative_error(np.asarray(model.predict_on_batch(x)), timm_logits(tm, x)) <= TOL
+
+
+@pytest.mark.parametrize("pool", ["avgmax", "max"])
+def test_avgmax_and_max_pools_match_timm_logits_and_pre_logits(pool, tmp_path):
+    """timm's other global_pool values (no registered model uses them): logits, and the
+    pre-logits features of include_top=False, fc_norm included (timm's rule: after avgmax/max)."""
+    import torch
+
+    kw = dict(img_size=64, depth=1, reg_tokens=2, global_pool=pool, num_classes=7)
+    tm = perturbed_timm_model("vit_tiny_patch16_224", **kw)
+    path = save_checkpoint(tm, tmp_path / f"{pool}.safetensors")
+    x = normalised_images(2, 64, 64)
+    common = dict(weights=str(path), input_shape=(64, 64, 3), depth=1, reg_tokens=2, global_pool=pool,
+                  include_preprocessing=False)
+    model = keras_vitnt.create_model("vit_tiny_patch16_224", classifier_activation=None, **common)
+    assert relative_error(np.asarray(model.predict_on_batch(x)), timm_logits(tm, x)) <= TOL
+    features = keras_vitnt.create_model("vit_tiny_patch16_224", include_top=False, pooling=pool, **common)
+    with torch.no_grad():
+        ref = tm.forward_head(tm.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2)), pre_logits=True).numpy()
+    assert relative_error(np.asarray(features.predict_on_batch(x)), ref) <= TOL
