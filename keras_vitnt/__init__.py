@@ -14,7 +14,7 @@ Where things live (each package imports only those listed before it):
              one table of which timm tensor is which Keras weight (and in which layout).
   models/    one typed config per architecture (`config.py`), the registry of timm names,
              the resolver of the `weights` argument, the trunks, the builder, the constructors.
-  exporter, train, visualize, benchmark, demo   use models/ and weights/
+  exporter, features, train, visualize, benchmark, demo   use models/ and weights/
   cli        the `keras-vitnt` command, over all of the above
 """
 
@@ -33,6 +33,7 @@ _PUBLIC = {
     "create_model": "keras_vitnt.models",
     "get_model_info": "keras_vitnt.models.registry",
     "list_models": "keras_vitnt.models.registry",
+    "feature_extractor": "keras_vitnt.features",
     "decode_predictions": "keras_vitnt.data.imagenet",
     "load_image": "keras_vitnt.data.images",
     "CheckpointMismatchError": "keras_vitnt.weights.convert",

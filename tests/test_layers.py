@@ -40,6 +40,7 @@ LAYERS = [
     L.Attention(dim=8, num_heads=2, qk_norm=True, scale_norm=True, proj_bias=False, norm_layer="rmsnorm"),
     L.PatchEmbedding(patch_size=4, embed_dim=8, norm_layer="rmsnorm", norm_eps=1e-5),
     L.TokenPool(mode="avgmax", num_prefix_tokens=0),
+    L.TokenMap(num_prefix_tokens=5, patch_size=14, output_fmt="NCHW", return_prefix=True),
     L.PixelEmbed(patch_size=8, inner_dim=4, stride=2, legacy=True),
     L.PixelToPatch(num_patches=4, embed_dim=8),
     L.TNTBlock(inner_dim=4, embed_dim=8, num_words=16, num_heads_inner=2, num_heads_outer=2, legacy=True),

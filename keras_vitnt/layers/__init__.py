@@ -23,6 +23,7 @@ from keras_vitnt.layers.embedding import (
     PositionEmbedding,
     PrefixTokens,
     Preprocess,
+    TokenMap,
     TokenPool,
     unfold_patches,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Preprocess",
     "TNTAttention",
     "TNTBlock",
+    "TokenMap",
     "TokenPool",
     "TransformerBlock",
     "unfold_patches",

@@ -297,6 +297,47 @@ class TokenPool(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens}
 
 
+OUTPUT_FORMATS = ("NHWC", "NCHW", "NLC")  # timm's output_fmt names, and NHWC
+
+
+@register
+class TokenMap(keras.layers.Layer):
+    """(tokens (B, prefix + N, D), image (B, H, W, C)) -> the N patch tokens as a map:
+    (B, H/P, W/P, D) for "NHWC", (B, D, H/P, W/P) for "NCHW" (timm's layout), (B, N, D) for
+    "NLC"; the grid is read from the image's size, so any input size works. With
+    `return_prefix`, also the prefix tokens (B, prefix, D)."""
+
+    def __init__(self, num_prefix_tokens, patch_size, output_fmt="NHWC", return_prefix=False, **kwargs):
+        super().__init__(**kwargs)
+        if output_fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"output_fmt={output_fmt!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.patch_size = int(patch_size)
+        self.output_fmt = output_fmt
+        self.return_prefix = bool(return_prefix)
+
+    def call(self, tokens, image):
+        x = tokens[:, self.num_prefix_tokens :]
+        if self.output_fmt != "NLC":
+            h, w = (image.shape[i] if image.shape[i] is not None else ops.shape(image)[i] for i in (1, 2))
+            x = ops.reshape(x, (-1, h // self.patch_size, w // self.patch_size, tokens.shape[-1]))
+            if self.output_fmt == "NCHW":
+                x = ops.transpose(x, (0, 3, 1, 2))
+        return (x, tokens[:, : self.num_prefix_tokens]) if self.return_prefix else x
+
+    def compute_output_spec(self, tokens, image):
+        b, _, d = tokens.shape
+        h, w = (None if s is None else s // self.patch_size for s in image.shape[1:3])
+        n = None if h is None or w is None else h * w
+        shape = {"NHWC": (b, h, w, d), "NCHW": (b, d, h, w), "NLC": (b, n, d)}[self.output_fmt]
+        out = keras.KerasTensor(shape, dtype=tokens.dtype)
+        return (out, keras.KerasTensor((b, self.num_prefix_tokens, d), dtype=tokens.dtype)) if self.return_prefix else out
+
+    def get_config(self):
+        return {**super().get_config(), "num_prefix_tokens": self.num_prefix_tokens, "patch_size": self.patch_size,
+                "output_fmt": self.output_fmt, "return_prefix": self.return_prefix}
+
+
 def grid_for(image_size, patch_size, what="model", drop_remainder=False):
     """(gh, gw) for an (H, W) input, with a clear error when P does not divide it (unless
     `drop_remainder`: the model's patch conv drops the last pixels, as timm's)."""
