@@ -75,8 +75,9 @@ def _saved_model_path(model_arg):
     return None
 
 
-def _load_model_arg(model_arg, weights, include_top=True, pooling=None, mean=None, std=None):
-    """MODEL on the command line (see registry.MODEL_NAME_RULE) -> a Keras model."""
+def _load_model_arg(model_arg, weights, include_top=True, pooling=None, mean=None, std=None, input_size=None):
+    """MODEL on the command line (see registry.MODEL_NAME_RULE) -> a Keras model (a timm name
+    built at `input_size` when given, its position table resampled to it)."""
     import keras
 
     from keras_vitnt.models import create_model
@@ -88,8 +89,9 @@ def _load_model_arg(model_arg, weights, include_top=True, pooling=None, mean=Non
                              ".keras model (which holds its own)")
         return keras.models.load_model(saved)
     try:
+        shape = None if input_size is None else (*input_size, 3)
         return create_model(model_arg, weights=weights or "imagenet", include_top=include_top and pooling is None,
-                            pooling=pooling, mean=mean, std=std)
+                            pooling=pooling, mean=mean, std=std, input_shape=shape)
     except ValueError as e:
         if "no classifier head" not in str(e):
             raise
@@ -110,7 +112,7 @@ def cmd_predict(args):
     saved = _saved_model_path(model_arg)
     if saved:
         model = _load_model_arg(model_arg, args.weights, mean=args.mean, std=args.std)
-        size, crop_pct, interpolation, what = model.input_shape[1], DEFAULT_CROP_PCT, "bicubic", f"model {saved}"
+        size, crop_pct, interpolation, what = _input_size(model)[0], DEFAULT_CROP_PCT, "bicubic", f"model {saved}"
         class_names = _run_class_names(saved)
     else:
         model, size, crop_pct, interpolation, what = _pretrained_classifier(model_arg, args)
@@ -173,6 +175,29 @@ def _run_class_names(model_arg):
     return list(classes) if isinstance(classes, list) else None
 
 
+def _input_size(model):
+    """(H, W) to load images at: the model's input size, or its native size when it takes any."""
+    h, w = model.input_shape[1:3]
+    if h is None or w is None:
+        from keras_vitnt.exporter import native_size
+
+        return native_size(model)
+    return h, w
+
+
+def _size2(text):
+    """argparse type for --input-size: H,W (or one number for a square)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the input height and width, e.g. 224,224 (or 224)")
+    return values
+
+
 def _floats3(text):
     """argparse type for --mean/--std: three comma-separated numbers."""
     try:
@@ -192,12 +217,15 @@ def cmd_export(args):
     model_arg, _ = _model_and_inputs(args)
     quant = None if args.quantize in (None, "none") else args.quantize
     calibration = _calibration_images(args.calibration, quant)  # checked before the model loads (or downloads)
-    model = _load_model_arg(model_arg, args.weights, pooling=args.pooling, mean=args.mean, std=args.std)
     saved = _saved_model_path(model_arg)
+    model = _load_model_arg(model_arg, args.weights, pooling=args.pooling, mean=args.mean, std=args.std,
+                            input_size=None if saved else args.input_size)
     out = args.out or _default_export_path(saved or model_arg, args.format, quant, saved is not None)
     representative = None
     if calibration:
-        h, w = model.input_shape[1:3]
+        from keras_vitnt.exporter import artifact_size
+
+        h, w = artifact_size(model, "litert", args.input_size)
         if h != w:
             raise ValueError(f"--calibration loads square crops; this model takes {h}x{w} images: pass "
                              "representative_data= to keras_vitnt.export in Python instead")
@@ -205,7 +233,8 @@ def cmd_export(args):
         print(f"int8 calibration on {len(calibration)} images from {args.calibration}")
     report = export(model, out, format=args.format, quantization=quant,
                     representative_data=representative, overwrite=args.overwrite,
-                    class_names=_run_class_names(saved) if saved else None)
+                    class_names=_run_class_names(saved) if saved else None,
+                    input_size=args.input_size if saved and None in model.input_shape[1:3] else None)
     print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
     print(f"parity vs Keras on {report['samples']} samples: max relative error {report['max_relative_error']:.2e}, "
           f"top-1 agreement {report.get('top1_agreement', float('nan')):.2%}, correlation {report['correlation']:.6f}")
@@ -257,7 +286,7 @@ def cmd_visualize(args):
         raise ValueError("give one IMAGE after MODEL: keras-vitnt visualize MODEL IMAGE")
     # the maps come from the blocks: no head needed (so feature checkpoints such as .dino work too)
     model = _load_model_arg(model_arg, args.weights, include_top=False, mean=args.mean, std=args.std)
-    h, w = model.input_shape[1:3]
+    h, w = _input_size(model)
     if h != w:
         raise ValueError("visualize loads square crops; build the model at a square input size")
     image = load_image(inputs[0], size=h)
@@ -358,9 +387,12 @@ def build_parser():
     q.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
     q = add("export", with_model=True, help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
     q.add_argument("model", nargs="?", metavar="MODEL", help="the model to export")
-    q.add_argument("--pooling", default=None, choices=["token", "avg"],
+    q.add_argument("--pooling", default=None, choices=["token", "avg", "avgmax", "max", "map"],
                    help="export the pooled features instead of the classifier (feature checkpoints have no head)")
     q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx"])
+    q.add_argument("--input-size", type=_size2, default=None, metavar="H,W",
+                   help="the exported input size: a timm name is built for it (position table resampled); a saved "
+                        "model that takes any size is exported at it (LiteRT default: its native size)")
     q.add_argument("--quantize", default=None, choices=["none", "float16", "dynamic_int8", "int8"])
     q.add_argument("--calibration", default=None, help="folder of images for int8 calibration")
     q.add_argument("--out", default=None, help="destination (default: inside the run for a run folder or .keras "

@@ -43,11 +43,49 @@ class ExportParityError(RuntimeError):
 # --- what the model expects -------------------------------------------------------
 
 
-def model_io(model):
-    """Input size, whether normalisation is inside, its mean/std and the output kind."""
+def native_size(model):
+    """(H, W) a keras_vitnt model's position table is built for (the size a dynamic-size model
+    runs without resampling), or None when it has none."""
+    from keras_vitnt.layers import PatchEmbedding, PositionEmbedding
+
+    pos = next((layer for layer in model.layers if isinstance(layer, PositionEmbedding)), None)
+    patch = next((layer for layer in model.layers if isinstance(layer, PatchEmbedding)), None)
+    if pos is None or patch is None:
+        return None
+    return tuple(g * patch.patch_size for g in pos.grid_size)
+
+
+def artifact_size(model, format, input_size=None):
+    """(H, W) of the exported input: the model's own for a fixed-size model; for a dynamic-size
+    one, `input_size`, else (None, None) for SavedModel/ONNX and the native size for LiteRT
+    (whose delegates want static shapes), said in the log."""
+    h, w = model.input_shape[1:3]
+    if h is not None and w is not None:
+        if input_size is not None and tuple(input_size) != (h, w):
+            raise ValueError(f"input_size={tuple(input_size)}: this model takes {h}x{w} images; build it for "
+                             "another size (create_model(..., input_shape=(H, W, 3))) or with any size "
+                             "(input_shape=(None, None, 3))")
+        return h, w
+    if input_size is not None:
+        return tuple(int(s) for s in input_size)
+    if format != "litert":
+        return None, None
+    native = native_size(model)
+    if native is None:
+        raise ValueError("a LiteRT export needs a fixed input size: pass input_size=(H, W)")
+    log.warning("%s takes any input size; LiteRT wants a fixed one: exporting at %dx%d, the size of its position "
+                "table (pass input_size=(H, W), or --input-size H,W, for another)", model.name, *native)
+    return native
+
+
+def model_io(model, size=None):
+    """Input size (`size` when given: the artifact's), whether normalisation is inside, its
+    mean/std and the output kind."""
     from keras_vitnt.layers import Preprocess
 
     _, h, w, c = model.input_shape
+    if size is not None:
+        h, w = size
     pre = next((layer for layer in model.layers if isinstance(layer, Preprocess)), None)
     out_layer = model.layers[-1]
     activation = getattr(getattr(out_layer, "activation", None), "__name__", None)
@@ -66,13 +104,17 @@ def model_io(model):
     }
 
 
-def default_samples(model, n=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), skip=0):
-    """Real-photo crops at the model's input size, normalised if the model expects it. `skip`
-    drops the first crops of the sequence (the calibration set skips the parity samples)."""
+def default_samples(model, n=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), skip=0, size=None):
+    """Real-photo crops at `size` (default: the model's input size, or its native size when it
+    takes any), normalised if the model expects it. `skip` drops the first crops of the
+    sequence (the calibration set skips the parity samples)."""
     from keras_vitnt.data.samples import photo_crops
 
     io = model_io(model)
-    x = photo_crops(skip + n, tuple(io["input_shape"][:2]))[skip:]
+    size = tuple(size) if size is not None and None not in size else tuple(io["input_shape"][:2])
+    if None in size:
+        size = native_size(model)
+    x = photo_crops(skip + n, size)[skip:]
     if not io["preprocessing_inside"]:
         x = (x / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")
     return x.astype("float32")
@@ -151,11 +193,11 @@ def parity_report(reference, exported):
 # --- writers -------------------------------------------------------------------------
 
 
-def _write_saved_model(model, directory, batch_size):
+def _write_saved_model(model, directory, batch_size, size):
     import tensorflow as tf
     from keras.export import ExportArchive
 
-    h, w, c = model.input_shape[1:]
+    (h, w), c = size, model.input_shape[-1]
     archive = ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -166,11 +208,11 @@ def _write_saved_model(model, directory, batch_size):
     archive.write_out(directory, verbose=False)
 
 
-def _write_litert(model, path, quantization, representative_data, batch_size):
+def _write_litert(model, path, quantization, representative_data, batch_size, size):
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    h, w, c = model.input_shape[1:]
+    (h, w), c = size, model.input_shape[-1]
     fn = tf.function(lambda image: model(image, training=False)).get_concrete_function(
         tf.TensorSpec((batch_size, h, w, c), tf.float32, name="image")
     )
@@ -200,7 +242,7 @@ def _write_litert(model, path, quantization, representative_data, batch_size):
         f.write(data)
 
 
-def _write_onnx(model, path, batch_size):
+def _write_onnx(model, path, batch_size, size):
     import importlib.util
 
     if importlib.util.find_spec("tf2onnx") is None:
@@ -209,7 +251,7 @@ def _write_onnx(model, path, batch_size):
 
     from keras_vitnt.layers.blocks import gelu_as_erf
 
-    h, w, c = model.input_shape[1:]
+    (h, w), c = size, model.input_shape[-1]
     with gelu_as_erf():  # TF's exact gelu lowers to Erfc, which ONNX lacks; Erf it has
         model.export(
             path,
@@ -232,6 +274,7 @@ def export(
     sample_data=None,
     class_names=None,
     batch_size="default",
+    input_size=None,
 ):
     """Export a Keras model (any keras_vitnt model, fine-tuned or not) and check the result.
 
@@ -253,6 +296,9 @@ def export(
         batch_size: batch dimension of the artifact: an int, or None for a dynamic batch.
             Default: 1 for LiteRT (static shapes suit mobile delegates), dynamic for
             SavedModel and ONNX.
+        input_size: (H, W) of the artifact's input, for a model that takes any size
+            (input_shape=(None, None, 3)). Default: any size for SavedModel and ONNX, the
+            model's native size (its position table's) for LiteRT, which wants a fixed one.
 
     Returns:
         The report dict (also in the sidecar JSON): path, format, quantization, size in
@@ -268,16 +314,18 @@ def export(
 
     policies = model_policies(model)
     model = float32_copy(model)  # LiteRT builtins and ONNX have no bfloat16 kernels
-    io = model_io(model)
-    samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model)
+    size = artifact_size(model, target.format, input_size)
+    io = model_io(model, size)
+    samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model, size=size)
     if target.quantization == "int8" and representative_data is None:
         # calibration never sees the images the parity report scores
-        representative_data = default_samples(model, n=32, skip=0 if sample_data is not None else len(samples))
+        representative_data = default_samples(model, n=32, skip=0 if sample_data is not None else len(samples),
+                                              size=size)
         log.info("int8 calibration on 32 crops of the bundled sample photos; pass representative_data "
                  "drawn from your own data for a better calibration")
 
     with _work_dir(target.path) as tmp:
-        _write_artifact(model, tmp, target, representative_data)
+        _write_artifact(model, tmp, target, representative_data, size)
         report = _check_parity(model, tmp, target, samples)
         meta = {**io, "model": model.name, "source_dtype_policies": policies,
                 "class_names": _class_names(class_names, io), "report": report}
@@ -332,14 +380,14 @@ def _work_dir(path):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_artifact(model, tmp, target, representative_data):
-    """Converts `model` into `target`'s format at `tmp`."""
+def _write_artifact(model, tmp, target, representative_data, size):
+    """Converts `model` into `target`'s format at `tmp`, input (batch, *size, C)."""
     if target.format == "saved_model":
-        _write_saved_model(model, tmp, target.batch_size)
+        _write_saved_model(model, tmp, target.batch_size, size)
     elif target.format == "onnx":
-        _write_onnx(model, tmp, target.batch_size)
+        _write_onnx(model, tmp, target.batch_size, size)
     else:
-        _write_litert(model, tmp, target.quantization, representative_data, target.batch_size)
+        _write_litert(model, tmp, target.quantization, representative_data, target.batch_size, size)
 
 
 def _check_parity(model, tmp, target, samples):

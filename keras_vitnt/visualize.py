@@ -21,17 +21,30 @@ def _blocks(model):
     return blocks
 
 
-def _structure(model):
+def _image_size(model, image=None):
+    """(H, W) the model sees: its input size, or the image's for a model that takes any size."""
+    h, w = model.input_shape[1:3]
+    if h is None or w is None:
+        shape = np.shape(image)
+        h, w = shape[-3:-1]
+    return h, w
+
+
+def _structure(model, image=None):
     """(number of prefix tokens: class, distillation and register tokens, (gh, gw) patch grid, patch
-    size) of a keras_vitnt model."""
+    size) of a keras_vitnt model (for one that takes any size, at the size of `image`)."""
     from keras_vitnt.layers import PatchEmbedding, PixelEmbed, PositionEmbedding, PrefixTokens
 
     prefix = sum(layer.num_tokens + layer.reg_tokens for layer in model.layers if isinstance(layer, PrefixTokens))
     pos = next((layer for layer in model.layers if isinstance(layer, PositionEmbedding)), None)
     patch = next(layer for layer in model.layers if isinstance(layer, (PatchEmbedding, PixelEmbed)))
-    h, w = model.input_shape[1:3]
-    grid = pos.grid_size if pos is not None else (h // patch.patch_size, w // patch.patch_size)
-    return prefix, tuple(grid), patch.patch_size
+    h, w = _image_size(model, image)
+    p = patch.patch_size
+    if None in model.input_shape[1:3]:  # the grid of this image, rounded up when the model pads
+        grid = tuple(-(-s // p) if getattr(patch, "dynamic_img_pad", False) else s // p for s in (h, w))
+    else:
+        grid = pos.grid_size if pos is not None else (h // p, w // p)
+    return prefix, tuple(grid), p
 
 
 def _run_blocks(model, images, blocks_wanted=None):
@@ -118,7 +131,7 @@ def attention_rollout(model, image, head_fusion="mean", discard_ratio=0.0):
     """
     from keras_vitnt.layers import PrefixTokens
 
-    prefix, (gh, gw), _ = _structure(model)
+    prefix, (gh, gw), _ = _structure(model, image)
     if not any(layer.num_tokens for layer in model.layers if isinstance(layer, PrefixTokens)):
         raise ValueError("attention rollout reads the class token's row; this model has no class token")
     maps = attention_maps(model, image)
@@ -140,7 +153,7 @@ def attention_rollout(model, image, head_fusion="mean", discard_ratio=0.0):
         a = a / a.sum(axis=-1, keepdims=True)
         rollout = a @ rollout
     cls_to_patches = rollout[0, prefix:].reshape(gh, gw)
-    h, w = model.input_shape[1:3]
+    h, w = _image_size(model, image)
     return _normalise(upsample(cls_to_patches, (h, w)))
 
 
@@ -151,19 +164,19 @@ def tnt_inner_maps(model, image, block=-1, head_fusion="mean"):
     maps = attention_maps(model, image)
     if not isinstance(maps, dict):
         raise ValueError("tnt_inner_maps needs a TNT model")
-    _, (gh, gw), _ = _structure(model)
+    _, (gh, gw), _ = _structure(model, image)
     inner = maps["inner"][0, block]  # (N, heads, words, words)
     received = np.stack([_fuse_heads(a, head_fusion).mean(axis=0) for a in inner])  # (N, words)
     side = int(round(received.shape[1] ** 0.5))
     tiles = received.reshape(gh, gw, side, side).transpose(0, 2, 1, 3).reshape(gh * side, gw * side)
-    h, w = model.input_shape[1:3]
+    h, w = _image_size(model, image)
     return _normalise(upsample(tiles, (h, w)))
 
 
 def feature_maps(model, image, blocks=None):
     """Token features after the given blocks (default: all), on the patch grid:
     {block index: (gh, gw, D)} (the TNT paper's feature-map figure uses these)."""
-    prefix, (gh, gw), _ = _structure(model)
+    prefix, (gh, gw), _ = _structure(model, image)
     n = len(_blocks(model))
     wanted = sorted({b % n for b in (range(n) if blocks is None else blocks)})
     outs = _run_blocks(model, image, wanted)
@@ -270,7 +283,7 @@ def overlay(image, heat, path, title=None, alpha=0.5):
 def attention_grid(model, image, path, block=-1):
     """All heads of one block: the class token's attention to the patches, as a PNG."""
     plt = pyplot()
-    prefix, (gh, gw), _ = _structure(model)
+    prefix, (gh, gw), _ = _structure(model, image)
     maps = attention_maps(model, image)
     att = (maps["outer"] if isinstance(maps, dict) else maps)[0, block]  # (heads, T, T)
     heads = att.shape[0]

@@ -139,7 +139,6 @@ def test_input_tensor():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(input_shape=(30, 32, 3)), "not divisible by the patch size 4"),
-    (dict(input_shape=(None, None, 3)), "must be fixed"),
     (dict(input_shape=(32, 32)), r"\(height, width, 3\)"),
     (dict(pooling="token"), "include_top=False"),
     (dict(include_top=False, pooling="gem"), "pooling"),

@@ -52,15 +52,19 @@ class PatchEmbedding(SharedDtypePolicy, keras.layers.Layer):
     as timm's `patch_embed.proj` (PyTorch's Conv2d default, see `TorchConv2D`). `bias=False`
     for the models that normalise right after it (timm's pre_norm, CLIP). `norm_layer`
     ("layernorm" or "rmsnorm", eps `norm_eps`): a norm of the patch tokens (timm's
-    embed_norm_layer, AIMv2). A size P does not divide loses its last pixels, as timm's conv."""
+    embed_norm_layer, AIMv2). A size P does not divide loses its last pixels, as timm's conv,
+    or with `dynamic_img_pad` is padded with zeros at the bottom and right to the next
+    multiple, as timm's. Any input size (H, W may be None)."""
 
-    def __init__(self, patch_size, embed_dim, bias=True, norm_layer=None, norm_eps=1e-6, **kwargs):
+    def __init__(self, patch_size, embed_dim, bias=True, norm_layer=None, norm_eps=1e-6, dynamic_img_pad=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
         self.embed_dim = int(embed_dim)
         self.bias = bool(bias)
         self.norm_layer = norm_layer
         self.norm_eps = float(norm_eps)
+        self.dynamic_img_pad = bool(dynamic_img_pad)
         self.proj = conv(self.embed_dim, self.patch_size, strides=self.patch_size, use_bias=self.bias)
         self.norm = layer_norm(self.norm_eps, "norm", norm_layer) if norm_layer else None
 
@@ -71,18 +75,37 @@ class PatchEmbedding(SharedDtypePolicy, keras.layers.Layer):
             self.norm.build((None, self.embed_dim))
 
     def call(self, x):
+        if self.dynamic_img_pad:
+            x = pad_to_multiple(x, self.patch_size)
         x = self.proj(x)
         _, gh, gw, d = x.shape
-        x = ops.reshape(x, (-1, gh * gw, d))
+        x = ops.reshape(x, (-1, gh * gw, d) if gh and gw else (ops.shape(x)[0], -1, d))
         return x if self.norm is None else self.norm(x)
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
-        return (b, (h // self.patch_size) * (w // self.patch_size), self.embed_dim)
+        if h is None or w is None:
+            return (b, None, self.embed_dim)
+        gh, gw = (-(-s // self.patch_size) if self.dynamic_img_pad else s // self.patch_size for s in (h, w))
+        return (b, gh * gw, self.embed_dim)
 
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size, "embed_dim": self.embed_dim, "bias": self.bias,
-                "norm_layer": self.norm_layer, "norm_eps": self.norm_eps}
+                "norm_layer": self.norm_layer, "norm_eps": self.norm_eps, "dynamic_img_pad": self.dynamic_img_pad}
+
+
+def pad_to_multiple(x, multiple):
+    """(B, H, W, C) -> zeros appended at the bottom and right up to multiples of `multiple`
+    (timm's dynamic_img_pad: F.pad(x, (0, pad_w, 0, pad_h)))."""
+    for axis in (1, 2):
+        size = x.shape[axis] if x.shape[axis] is not None else ops.shape(x)[axis]
+        pad = (multiple - size % multiple) % multiple
+        if isinstance(pad, int) and pad == 0:
+            continue
+        shape = [ops.shape(x)[i] if x.shape[i] is None else x.shape[i] for i in range(4)]
+        shape[axis] = pad
+        x = ops.concatenate([x, ops.zeros(shape, x.dtype)], axis=axis)
+    return x
 
 
 @register
@@ -166,6 +189,65 @@ def sincos_2d(grid_size, dim, temperature=10000.0, order="timm"):
     return np.concatenate([parts[p] for p in SINCOS_ORDERS[order]], axis=1).astype("float32")
 
 
+def _cubic_aa(x, a=-0.5):
+    x = ops.abs(x)
+    return ops.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
+                     ops.where(x < 2.0, (((x - 5.0) * x + 8.0) * x - 4.0) * a, 0.0))
+
+
+def aa_bicubic_weights(in_size, out_size):
+    """(out_size, in_size) float32 matrix of PyTorch's antialiased bicubic resize
+    (align_corners=False), the kernel timm resamples position tables with, for an `out_size`
+    known only when the graph runs (a scalar tensor). The same numbers as
+    `keras_vitnt.weights.resample.aa_bicubic_matrix` (tested against it)."""
+    out = ops.cast(out_size, "float32")
+    scale = float(in_size) / out
+    support = ops.where(scale >= 1.0, 2.0 * scale, 2.0)
+    invscale = ops.where(scale >= 1.0, 1.0 / scale, 1.0)
+    center = scale * (ops.cast(ops.arange(out_size), "float32") + 0.5)[:, None]  # (out, 1)
+    # the window [xmin, xmax) of each output sample (C's int() truncation = floor here, clipped at 0)
+    xmin = ops.maximum(ops.floor(center - support + 0.5), 0.0)
+    xmax = ops.minimum(ops.floor(center + support + 0.5), float(in_size))
+    j = ops.cast(ops.arange(in_size), "float32")[None]  # (1, in)
+    w = ops.where((j >= xmin) & (j < xmax), _cubic_aa((j - center + 0.5) * invscale), 0.0)
+    total = ops.sum(w, axis=1, keepdims=True)
+    return w / ops.where(total != 0.0, total, 1.0)
+
+
+def resample_grid_table(table, old_grid, new_grid):
+    """(old_h * old_w, D) table -> (new_h * new_w, D), separable antialiased bicubic as timm's
+    `resample_abs_pos_embed`; `new_grid` may hold scalar tensors. Ranks <= 3."""
+    (oh, ow), (nh, nw) = old_grid, new_grid
+    d = table.shape[-1]
+    t = ops.reshape(ops.cast(table, "float32"), (oh, ow, d))
+    t = ops.tensordot(aa_bicubic_weights(oh, nh), t, axes=1)  # (nh, ow, D)
+    t = ops.tensordot(aa_bicubic_weights(ow, nw), ops.transpose(t, (1, 0, 2)), axes=1)  # (nw, nh, D)
+    return ops.reshape(ops.transpose(t, (1, 0, 2)), (-1, d))
+
+
+def patch_grid(image, patch_size, pad=False):
+    """(gh, gw) of an image tensor (B, H, W, C): static ints when the size is, else scalar
+    tensors; `pad`: rounded up (timm's dynamic_img_pad), else down (the conv drops the rest)."""
+    out = []
+    for i in (1, 2):
+        size = image.shape[i] if image.shape[i] is not None else ops.shape(image)[i]
+        out.append(-(-size // patch_size) if pad else size // patch_size)
+    return tuple(out)
+
+
+def sincos_2d_ops(grid_size, dim, order="timm", temperature=10000.0):
+    """`sincos_2d` for a grid known only when the graph runs (float32, (gh*gw, dim))."""
+    gh, gw = grid_size
+    pos_dim = dim // 4
+    omega = ops.convert_to_tensor((1.0 / temperature ** (np.arange(pos_dim, dtype="float64") / pos_dim)).astype(
+        "float32"))
+    yy = ops.repeat(ops.cast(ops.arange(gh), "float32"), gw)  # row-major: y slow, x fast
+    xx = ops.tile(ops.cast(ops.arange(gw), "float32"), [gh])
+    out_y, out_x = yy[:, None] * omega[None], xx[:, None] * omega[None]
+    parts = {"sin_y": ops.sin(out_y), "sin_x": ops.sin(out_x), "cos_y": ops.cos(out_y), "cos_x": ops.cos(out_x)}
+    return ops.concatenate([parts[p] for p in SINCOS_ORDERS[order]], axis=1)
+
+
 @register
 class PositionEmbedding(keras.layers.Layer):
     """Adds a position embedding to (B, prefix + N, D) tokens.
@@ -178,9 +260,15 @@ class PositionEmbedding(keras.layers.Layer):
         tokens get zeros.
       - "none": adds nothing.
     `sincos_order`: the sin-cos channel order ("timm"; "moco" only for models saved by 0.1.0).
+
+    Called as `layer(tokens, image)` (any input size; `patch_size` set), the table is resampled
+    inside the graph to the image's patch grid (rounded up with `dynamic_img_pad`) as timm's
+    `dynamic_img_size=True` does: the learned grid part with timm's antialiased bicubic (the
+    2-D row and column tables likewise, each along its axis), sin-cos computed for the grid.
     """
 
-    def __init__(self, grid_size, num_prefix_tokens=1, kind="learned_1d", sincos_order="timm", **kwargs):
+    def __init__(self, grid_size, num_prefix_tokens=1, kind="learned_1d", sincos_order="timm", patch_size=None,
+                 dynamic_img_pad=False, **kwargs):
         super().__init__(**kwargs)
         if kind not in POS_EMBED_KINDS:
             raise ValueError(f"PositionEmbedding: unknown kind {kind!r}; choose one of {POS_EMBED_KINDS}")
@@ -190,8 +278,10 @@ class PositionEmbedding(keras.layers.Layer):
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.kind = kind
         self.sincos_order = sincos_order
+        self.patch_size = None if patch_size is None else int(patch_size)
+        self.dynamic_img_pad = bool(dynamic_img_pad)
 
-    def build(self, input_shape):
+    def build(self, input_shape):  # the tokens' shape (Keras passes the first input's)
         input_shape = tuple(input_shape)
         dim = input_shape[-1]
         gh, gw = self.grid_size
@@ -231,9 +321,38 @@ class PositionEmbedding(keras.layers.Layer):
             return ops.cast(grid, dtype)
         return None
 
-    def call(self, x):
-        table = self.embedding(x.dtype)
+    def call(self, x, image=None):
+        if image is None:
+            table = self.embedding(x.dtype)
+        else:
+            if self.patch_size is None:
+                raise ValueError("PositionEmbedding: called with an image but built without patch_size")
+            table = self.resampled(patch_grid(image, self.patch_size, self.dynamic_img_pad), x.dtype)
         return x if table is None else x + table
+
+    def resampled(self, grid, dtype):
+        """The (1, prefix + gh * gw, D) table for another patch grid (None for kind="none")."""
+        gh, gw = grid
+        p = self.num_prefix_tokens
+        if self.kind == "none":
+            return None
+        if self.kind == "learned_1d":
+            table = ops.concatenate([ops.cast(self.pos_embed[0, :p], "float32"),
+                                     resample_grid_table(self.pos_embed[0, p:], self.grid_size, grid)], axis=0)
+        elif self.kind == "learned_2d":
+            oh, ow = self.grid_size
+            rows = ops.tensordot(aa_bicubic_weights(oh, gh), ops.cast(self.pos_embed_row, "float32"), axes=1)
+            cols = ops.tensordot(aa_bicubic_weights(ow, gw), ops.cast(self.pos_embed_col, "float32"), axes=1)
+            half = rows.shape[-1]
+            rows = ops.broadcast_to(ops.expand_dims(rows, 1), (gh, gw, half))
+            cols = ops.broadcast_to(ops.expand_dims(cols, 0), (gh, gw, half))
+            table = ops.reshape(ops.concatenate([rows, cols], axis=-1), (-1, 2 * half))
+            if p:
+                table = ops.concatenate([ops.cast(self.pos_embed_prefix[0], "float32"), table], axis=0)
+        else:  # sincos_2d for the grid, zeros for the prefix tokens
+            dim = self._sincos.shape[-1]
+            table = ops.concatenate([ops.zeros((p, dim)), sincos_2d_ops((gh, gw), dim, self.sincos_order)], axis=0)
+        return ops.cast(table[None], dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -245,6 +364,8 @@ class PositionEmbedding(keras.layers.Layer):
             "num_prefix_tokens": self.num_prefix_tokens,
             "kind": self.kind,
             "sincos_order": self.sincos_order,
+            "patch_size": self.patch_size,
+            "dynamic_img_pad": self.dynamic_img_pad,
         }
 
     @classmethod

@@ -67,7 +67,9 @@ def create(spec, overrides, options):
     weights.read()  # a file is read (and checked) before any graph is built
     classes = weights.head_classes(options.classes) if options.include_top else None
     inputs, x, config = _inputs(config, options)
-    grid_for(config.img_size, config.patch_size, what=options.name or spec.name, drop_remainder=config.drop_remainder)
+    if not getattr(config, "dynamic_img_size", False):
+        grid_for(config.img_size, config.patch_size, what=options.name or spec.name,
+                 drop_remainder=config.drop_remainder or getattr(config, "dynamic_img_pad", False))
     if options.include_preprocessing:
         x = Preprocess(*weights.mean_std(options.mean, options.std), name="preprocess")(x)
     tokens, head_norm = TRUNKS[config.family](x, config, options.drop_path_rate)
@@ -80,12 +82,25 @@ def create(spec, overrides, options):
     return model
 
 
+def _dynamic(config, size):
+    """The config for an input of (height, width) `size`: at that size, or, when either is None
+    (or the config asks for dynamic_img_size), at its own size with the table resampled in the
+    graph to each input (ViT only)."""
+    if None not in size and not getattr(config, "dynamic_img_size", False):
+        return config.with_input_size(*size)
+    if config.family != "vit":
+        raise ValueError(f"input size {size}: {config.family.upper()} models take a fixed input size; pass "
+                         "input_shape=(H, W, 3) (pretrained position tables are resampled to it when loaded)")
+    return dataclasses.replace(config, dynamic_img_size=True)
+
+
 def _inputs(config, options):
     """-> (model inputs, image tensor, config at the input's size)."""
     if options.input_tensor is None:
         if options.input_shape is not None:
-            config = config.with_input_size(*options.input_shape[:2])
-        inputs = keras.Input(shape=(*config.img_size, 3), name="image")
+            config = _dynamic(config, tuple(options.input_shape[:2]))
+        size = (None, None) if getattr(config, "dynamic_img_size", False) else config.img_size
+        inputs = keras.Input(shape=(*size, 3), name="image")
         return inputs, inputs, config
     tensor = options.input_tensor
     if not keras.backend.is_keras_tensor(tensor):
@@ -93,7 +108,7 @@ def _inputs(config, options):
     shape = tuple(tensor.shape[1:])
     if options.input_shape is not None and tuple(options.input_shape) != shape:
         raise ValueError(f"input_shape {options.input_shape} does not match input_tensor's shape {shape}")
-    return keras.utils.get_source_inputs(tensor), tensor, config.with_input_size(*shape[:2])
+    return keras.utils.get_source_inputs(tensor), tensor, _dynamic(config, shape[:2])
 
 
 def _head(tokens, config, head_norm, classes, options):

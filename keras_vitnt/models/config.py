@@ -154,6 +154,9 @@ class ViTConfig(ArchConfig):
     block_fn: str = timm_field("Block")  # a BLOCKS key: Block, ResPostBlock, Parallel(Scaling|Things)Block, ...
     attn_layer: str = timm_field("attn")  # "attn", or "diff": differential attention (the vit_d* ViTs)
     pool_include_prefix: bool = timm_field(False)  # avg/max/map pooling over the prefix tokens too
+    # any input size at run time, the position table resampled in the graph (also: input_shape=(None, None, 3))
+    dynamic_img_size: bool = timm_field(False)
+    dynamic_img_pad: bool = timm_field(False)  # pad inputs the patch size does not divide (bottom, right)
     norm_eps: float = 1e-6  # partial(nn.LayerNorm, eps=1e-6); 1e-5 for CLIP towers
     cls_token_std: float = 1e-6  # normal_(cls_token, std=1e-6)
     dist_token_std: float = 0.02  # trunc_normal_(dist_token, std=.02)

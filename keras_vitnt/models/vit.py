@@ -15,16 +15,21 @@ def drop_path_rates(depth, rate):
 
 
 def position_embedding(config, name):
+    """The table at the config's size; a dynamic model resamples it to each input in the graph."""
     grid = grid_for(config.img_size, config.patch_size, drop_remainder=config.drop_remainder)
-    return PositionEmbedding(grid, config.pos_prefix_tokens, kind=config.pos_embed, name=name)
+    if not config.dynamic_img_size:
+        return PositionEmbedding(grid, config.pos_prefix_tokens, kind=config.pos_embed, name=name)
+    return PositionEmbedding(grid, config.pos_prefix_tokens, kind=config.pos_embed, patch_size=config.patch_size,
+                             dynamic_img_pad=config.dynamic_img_pad, name=name)
 
 
 def trunk(x, config, drop_path_rate):
     """Normalised image -> (tokens (B, prefix + N, D), head_norm: whether the final norm comes
     after pooling, timm's fc_norm, instead of here)."""
     # timm: no patch-embedding bias when a norm follows it (pre_norm, CLIP)
+    image = x
     x = PatchEmbedding(config.patch_size, config.embed_dim, bias=not config.pre_norm, norm_eps=config.norm_eps,
-                       norm_layer=config.embed_norm_layer, name="patch_embed")(x)
+                       norm_layer=config.embed_norm_layer, dynamic_img_pad=config.dynamic_img_pad, name="patch_embed")(x)
     prefix = None
     if config.num_prefix_tokens:
         prefix = PrefixTokens(int(config.class_token) + int(config.distilled), token_init_std=config.cls_token_std,
@@ -32,7 +37,8 @@ def trunk(x, config, drop_path_rate):
                               reg_token_init_std=config.reg_token_std, name="cls_token")
     if prefix and not config.no_embed_class:  # the table has rows for the prefix tokens: concatenate, then add
         x = prefix(x)
-    x = position_embedding(config, name="pos_embed")(x)
+    pos = position_embedding(config, name="pos_embed")
+    x = pos(x, image) if config.dynamic_img_size else pos(x)
     if prefix and config.no_embed_class:  # DeiT III, registers: add to the patches, then concatenate
         x = prefix(x)
     if config.pre_norm:
