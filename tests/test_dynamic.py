@@ -117,6 +117,14 @@ print("served")
     assert maps.predict_on_batch(xs[0]).shape == (2, 3, 5, 192)
 
 
-def test_tnt_takes_a_fixed_size_and_says_so():
-    with pytest.raises(ValueError, match="TNT models take a fixed input size"):
-        keras_vitnt.TNT("S", weights=None, input_shape=(None, None, 3), depth=1)
+@pytest.mark.parametrize("name", ["tnt_s_patch16_224", "tnt_s_legacy_patch16_224"])
+def test_tnt_for_any_size_equals_tnts_built_for_each_size_from_the_same_file(name, tmp_path):
+    """timm has no dynamic TNT: the dynamic one (patch count and outer position table in the
+    graph) against TNTs built for each size, whose tables the loader resamples."""
+    path = save_checkpoint(perturbed_timm_model(name, num_classes=10, depth=1), tmp_path / "t.safetensors")
+    common = dict(weights=str(path), depth=1, include_preprocessing=False, classifier_activation=None)
+    dyn = keras_vitnt.create_model(name, input_shape=(None, None, 3), **common)
+    for h, w in ((64, 96), (256, 240)):
+        fixed = keras_vitnt.create_model(name, input_shape=(h, w, 3), **common)
+        x = normalised_images(1, h, w)
+        assert relative_error(np.asarray(dyn.predict_on_batch(x)), np.asarray(fixed.predict_on_batch(x))) <= TOL

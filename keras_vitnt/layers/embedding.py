@@ -36,11 +36,11 @@ def unfold_patches(x, patch_size):
     """(B, H, W, C) -> (B * N, P, P, C), patches in row-major grid order.
 
     Uses only rank-4 reshapes and one transpose (no tf.image.extract_patches, which is
-    a Flex op in LiteRT, and no rank-6 reshape). H, W, C must be static.
+    a Flex op in LiteRT, and no rank-6 reshape). C must be static; H and W may not be.
     """
     _, _, w, c = x.shape
     p = patch_size
-    gw = w // p
+    gw = (w if w is not None else ops.shape(x)[2]) // p
     x = ops.reshape(x, (-1, p, gw, p * c))  # (B*gh, dy, gx, dx*C + c)
     x = ops.transpose(x, (0, 2, 1, 3))  # (B*gh, gx, dy, dx*C + c)
     return ops.reshape(x, (-1, p, p, c))

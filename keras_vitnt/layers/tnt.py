@@ -80,11 +80,12 @@ class PixelEmbed(SharedDtypePolicy, keras.layers.Layer):
 class PixelToPatch(SharedDtypePolicy, keras.layers.Layer):
     """Pixel tokens (B * N, words, c) -> patch tokens (B, N, D):
     `norm2_proj(proj(norm1_proj(flatten)))`. Its sub-layers are timm's top-level
-    `norm1_proj`, `proj` and `norm2_proj`."""
+    `norm1_proj`, `proj` and `norm2_proj`. `num_patches=None` (a model for any input size):
+    called as `layer(pixels, image)`, the batch is read from the image."""
 
     def __init__(self, num_patches, embed_dim, norm_eps=1e-5, **kwargs):
         super().__init__(**kwargs)
-        self.num_patches = int(num_patches)
+        self.num_patches = None if num_patches is None else int(num_patches)
         self.embed_dim = int(embed_dim)
         self.norm_eps = float(norm_eps)
         self.norm1_proj = layer_norm(self.norm_eps, "norm1_proj")
@@ -98,8 +99,12 @@ class PixelToPatch(SharedDtypePolicy, keras.layers.Layer):
         self.proj.build(flat)
         self.norm2_proj.build(flat[:-1] + (self.embed_dim,))
 
-    def call(self, pixels):
-        x = ops.reshape(pixels, (-1, self.num_patches, pixels.shape[1] * pixels.shape[2]))
+    def call(self, pixels, image=None):
+        flat = pixels.shape[1] * pixels.shape[2]
+        if self.num_patches is None:
+            x = ops.reshape(pixels, (ops.shape(image)[0], -1, flat))
+        else:
+            x = ops.reshape(pixels, (-1, self.num_patches, flat))
         return self.norm2_proj(self.proj(self.norm1_proj(x)))
 
     def compute_output_shape(self, input_shape):
@@ -195,12 +200,13 @@ class TNTBlock(SharedDtypePolicy, keras.layers.Layer):
         rows = add_residual(rows, self.mlp_in(self.norm_mlp_in(rows), training=training), words, dp, training)
         pixels = ops.reshape(rows, (-1, words, self.inner_dim))
 
-        num_patches = patches.shape[1] - 1
         flat_dim = self.num_words * self.inner_dim
+        # (B, N, words * c): N static when the input size is, else read from the batch
+        sentences = (-1, patches.shape[1] - 1, flat_dim) if patches.shape[1] else (ops.shape(patches)[0], -1, flat_dim)
         if self.legacy:
-            fused = self.proj(ops.reshape(self.norm1_proj(pixels), (-1, num_patches, flat_dim)))
+            fused = self.proj(ops.reshape(self.norm1_proj(pixels), sentences))
         else:
-            fused = self.norm2_proj(self.proj(self.norm1_proj(ops.reshape(pixels, (-1, num_patches, flat_dim)))))
+            fused = self.norm2_proj(self.proj(self.norm1_proj(ops.reshape(pixels, sentences))))
         # add to the patch tokens only; the class token (row 0) is left as it is
         patches = patches + ops.pad(fused, [[0, 0], [1, 0], [0, 0]])
 

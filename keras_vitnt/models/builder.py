@@ -67,9 +67,9 @@ def create(spec, overrides, options):
     weights.read()  # a file is read (and checked) before any graph is built
     classes = weights.head_classes(options.classes) if options.include_top else None
     inputs, x, config = _inputs(config, options)
-    if not getattr(config, "dynamic_img_size", False):
+    if not config.dynamic_img_size:
         grid_for(config.img_size, config.patch_size, what=options.name or spec.name,
-                 drop_remainder=config.drop_remainder or getattr(config, "dynamic_img_pad", False))
+                 drop_remainder=config.drop_remainder or config.dynamic_img_pad)
     if options.include_preprocessing:
         x = Preprocess(*weights.mean_std(options.mean, options.std), name="preprocess")(x)
     tokens, head_norm = TRUNKS[config.family](x, config, options.drop_path_rate)
@@ -85,12 +85,9 @@ def create(spec, overrides, options):
 def _dynamic(config, size):
     """The config for an input of (height, width) `size`: at that size, or, when either is None
     (or the config asks for dynamic_img_size), at its own size with the table resampled in the
-    graph to each input (ViT only)."""
-    if None not in size and not getattr(config, "dynamic_img_size", False):
+    graph to each input."""
+    if None not in size and not config.dynamic_img_size:
         return config.with_input_size(*size)
-    if config.family != "vit":
-        raise ValueError(f"input size {size}: {config.family.upper()} models take a fixed input size; pass "
-                         "input_shape=(H, W, 3) (pretrained position tables are resampled to it when loaded)")
     return dataclasses.replace(config, dynamic_img_size=True)
 
 
@@ -99,7 +96,7 @@ def _inputs(config, options):
     if options.input_tensor is None:
         if options.input_shape is not None:
             config = _dynamic(config, tuple(options.input_shape[:2]))
-        size = (None, None) if getattr(config, "dynamic_img_size", False) else config.img_size
+        size = (None, None) if config.dynamic_img_size else config.img_size
         inputs = keras.Input(shape=(*size, 3), name="image")
         return inputs, inputs, config
     tensor = options.input_tensor

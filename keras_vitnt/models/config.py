@@ -54,6 +54,9 @@ class ArchConfig:
     norm_layer: str = "layernorm"  # the kind of every norm (a timm keyword of ViT only)
     cls_token_std: float = 0.02  # timm's init std of the class token
     norm: str = "INCEPTION"  # the normalisation (a NORMS key) when the weights name none
+    # any input size, the position table resampled in the graph (ViT: timm's keyword; TNT: timm has none)
+    dynamic_img_size: bool = False
+    dynamic_img_pad: bool = False
     # the patch size need not divide the input: the last pixels are dropped, as timm's conv does
     # (set by scripts/gen_tags.py for the architectures whose own size needs it: so400m/14 at 384)
     drop_remainder: bool = False
