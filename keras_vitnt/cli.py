@@ -285,7 +285,10 @@ def cmd_visualize(args):
     if len(inputs) != 1:
         raise ValueError("give one IMAGE after MODEL: keras-vitnt visualize MODEL IMAGE")
     # the maps come from the blocks: no head needed (so feature checkpoints such as .dino work too)
-    model = _load_model_arg(model_arg, args.weights, include_top=False, mean=args.mean, std=args.std)
+    pca = args.kind == "pca" and not _saved_model_path(model_arg)
+    # PCA compares sizes: a timm name is built for any size (its table resampled in the graph)
+    model = _load_model_arg(model_arg, args.weights, include_top=False, mean=args.mean, std=args.std,
+                            input_size=(None, None) if pca else None)
     h, w = _input_size(model)
     if h != w:
         raise ValueError("visualize loads square crops; build the model at a square input size")
@@ -294,6 +297,9 @@ def cmd_visualize(args):
         vz.overlay(image, vz.attention_rollout(model, image), args.out, title="attention rollout")
     elif args.kind == "attention":
         vz.attention_grid(model, image, args.out, block=args.block)
+    elif args.kind == "pca":
+        sizes = [(h, w)] + ([(2 * h, 2 * w)] if None in model.input_shape[1:3] else [])
+        vz.pca_figure(model, load_image(inputs[0], size=2 * h), args.out, sizes, block=args.block)
     elif args.kind == "tnt-inner":
         vz.overlay(image, vz.tnt_inner_maps(model, image, block=args.block), args.out, title="TNT inner attention")
     else:
@@ -428,7 +434,9 @@ def build_parser():
             help="attention rollout, attention heads, TNT inner maps or features as a PNG")
     q.add_argument("model", nargs="?", metavar="MODEL", help=model_help)
     q.add_argument("inputs", nargs="*", metavar="IMAGE", help="the image")
-    q.add_argument("--kind", default="rollout", choices=["rollout", "attention", "tnt-inner", "features"])
+    q.add_argument("--kind", default="rollout", choices=["rollout", "attention", "tnt-inner", "features", "pca"],
+                   help="pca: the first 3 principal components of the patch features as RGB, at the model's size "
+                        "and twice it (a timm name is built for any size)")
     q.add_argument("--block", type=int, default=-1, help="block for attention / tnt-inner / features")
     q.add_argument("--out", default="attention.png", help="PNG to write (default attention.png)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -197,6 +197,59 @@ def feature_map_image(features):
     return (pc / pc.max() if pc.max() > 0 else np.ones_like(pc)).astype("float32")
 
 
+def pca_rgb(features):
+    """(gh, gw, D) patch features -> (gh, gw, 3) in [0, 1]: their first three principal
+    components as red, green and blue, each min-max scaled (the DINOv2 picture)."""
+    f = features.reshape(-1, features.shape[-1]).astype("float64")
+    f = f - f.mean(0)
+    _, _, vt = np.linalg.svd(f, full_matrices=False)
+    pcs = f @ vt[:3].T  # (N, 3); fewer than 3 components are padded with zeros
+    pcs = np.pad(pcs, ((0, 0), (0, 3 - pcs.shape[1])))
+    lo, hi = pcs.min(0), pcs.max(0)
+    rgb = (pcs - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return rgb.reshape(*features.shape[:2], 3).astype("float32")
+
+
+def pca_maps(model, image, sizes, block=-1):
+    """{(H, W): (PCA image (gh, gw, 3), the image resized to (H, W))} for one image at several
+    input sizes: the final-normed patch features after `block` (`feature_extractor`), at each
+    size. A model built for one size takes only that one; build it with input_shape=(None,
+    None, 3) to compare sizes."""
+    from PIL import Image
+
+    from keras_vitnt.features import feature_extractor
+
+    extractor = feature_extractor(model, indices=[block], norm=True)
+    image = np.asarray(image, "float32")
+    out = {}
+    for h, w in sizes:
+        fixed = model.input_shape[1:3]
+        if None not in fixed and tuple(fixed) != (h, w):
+            raise ValueError(f"this model takes {fixed[0]}x{fixed[1]} images only; build it with input_shape=(None, "
+                             "None, 3) for several sizes")
+        resized = np.asarray(Image.fromarray(np.clip(image, 0, 255).astype("uint8")).resize(
+            (w, h), Image.Resampling.BICUBIC), "float32")
+        maps = np.asarray(extractor.predict_on_batch(resized[None]))[0]
+        out[(h, w)] = (pca_rgb(maps), resized)
+    return out
+
+
+def pca_figure(model, image, path, sizes, block=-1):
+    """A PNG: the image and the PCA of its patch features at each size (`pca_maps`)."""
+    plt = pyplot()
+    maps = pca_maps(model, image, sizes, block)
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.4), squeeze=False)
+    first = next(iter(maps.values()))[1]
+    axes[0, 0].imshow(first / 255.0)
+    axes[0, 0].set_title("input")
+    for ax, ((h, w), (rgb, _)) in zip(axes[0, 1:], maps.items()):
+        ax.imshow(rgb, interpolation="nearest")
+        ax.set_title(f"PCA of patch features, {h}x{w}\n({rgb.shape[0]}x{rgb.shape[1]} patches)", fontsize=9)
+    for ax in axes[0]:
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
 def extract_features(model, images, batch_size=64):
     """Pooled features (B, D) of a classifier or feature model: the input of its head
     (the pooled, normalised class token or patch mean)."""

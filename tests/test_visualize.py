@@ -12,6 +12,7 @@ from PIL import Image
 import keras_vitnt
 from keras_vitnt import visualize as vz
 from keras_vitnt.data import load_image
+from keras_vitnt.data.samples import photo_crops
 
 H, W = 32, 48  # non-square: a 4 x 6 patch grid at P = 8
 OVERLAY_PNG = (704, 374)  # vz.overlay: 6.4 x 3.4 inches at 110 dpi
@@ -310,3 +311,37 @@ def test_visualize_cli_features_and_an_existing_out_file(tmp_path):
     assert heat.std() > 0.1, heat.std()
     vz.overlay(crop, heat, tmp_path / "expected.png", title="features, block 1 (PC 1)")
     assert_same_picture(png, png_pixels(tmp_path / "expected.png"))
+
+
+def test_pca_rgb_puts_the_main_directions_of_the_features_in_red_green_blue():
+    rng = np.random.default_rng(0)
+    gh, gw, d = 6, 8, 32
+    left = (np.arange(gw) < gw // 2)[None, :, None]  # the first direction: left half vs right half
+    top = (np.arange(gh) < gh // 2)[:, None, None]  # the second, weaker: top vs bottom
+    a, b = rng.standard_normal(d), rng.standard_normal(d)
+    feats = 10 * left * a + 3 * top * b + 0.01 * rng.standard_normal((gh, gw, d))
+    rgb = vz.pca_rgb(feats)
+    assert rgb.shape == (gh, gw, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    red = rgb[..., 0]
+    assert np.ptp(red[:, : gw // 2]) < 0.1 and abs(red[:, :4].mean() - red[:, 4:].mean()) > 0.9
+    green = rgb[..., 1]
+    assert abs(green[:3].mean() - green[3:].mean()) > 0.9
+
+
+def test_pca_maps_of_one_dynamic_model_at_two_sizes_and_the_cli(tmp_path):
+    from test_cli import run_cli
+
+    model = keras_vitnt.ViT("Ti/4", weights=None, input_shape=(None, None, 3), include_top=False, depth=2,
+                            embed_dim=48, num_heads=3)
+    image = np.asarray(photo_crops(1, 32)[0])
+    maps = vz.pca_maps(model, image, [(16, 16), (32, 24)])
+    assert [rgb.shape for rgb, _ in maps.values()] == [(4, 4, 3), (8, 6, 3)]
+    fixed = keras_vitnt.ViT("Ti/4", weights=None, input_shape=(16, 16, 3), include_top=False, depth=2, embed_dim=48,
+                            num_heads=3)
+    with pytest.raises(ValueError, match="input_shape=\\(None, None, 3\\)"):
+        vz.pca_maps(fixed, image, [(32, 32)])
+    model.save(tmp_path / "dyn.keras")
+    img = write_image(tmp_path / "img.png", (40, 36))
+    out = run_cli("visualize", str(tmp_path / "dyn.keras"), img, "--kind", "pca", "--out", str(tmp_path / "pca.png"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert png_pixels(tmp_path / "pca.png").shape[2] == 3
