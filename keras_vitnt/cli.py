@@ -181,7 +181,10 @@ def _input_size(model):
     if h is None or w is None:
         from keras_vitnt.exporter import native_size
 
-        return native_size(model)
+        size = native_size(model)
+        if size is None:
+            raise ValueError(f"{model.name} takes any input size and has no position table to tell its own size")
+        return size
     return h, w
 
 
@@ -234,7 +237,7 @@ def cmd_export(args):
     report = export(model, out, format=args.format, quantization=quant,
                     representative_data=representative, overwrite=args.overwrite,
                     class_names=_run_class_names(saved) if saved else None,
-                    input_size=args.input_size if saved and None in model.input_shape[1:3] else None)
+                    input_size=args.input_size if saved else None)
     print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
     print(f"parity vs Keras on {report['samples']} samples: max relative error {report['max_relative_error']:.2e}, "
           f"top-1 agreement {report.get('top1_agreement', float('nan')):.2%}, correlation {report['correlation']:.6f}")

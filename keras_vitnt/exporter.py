@@ -46,10 +46,10 @@ class ExportParityError(RuntimeError):
 def native_size(model):
     """(H, W) a keras_vitnt model's position table is built for (the size a dynamic-size model
     runs without resampling), or None when it has none."""
-    from keras_vitnt.layers import PatchEmbedding, PositionEmbedding
+    from keras_vitnt.layers import PatchEmbedding, PixelEmbed, PositionEmbedding
 
     pos = next((layer for layer in model.layers if isinstance(layer, PositionEmbedding)), None)
-    patch = next((layer for layer in model.layers if isinstance(layer, PatchEmbedding)), None)
+    patch = next((layer for layer in model.layers if isinstance(layer, (PatchEmbedding, PixelEmbed))), None)
     if pos is None or patch is None:
         return None
     return tuple(g * patch.patch_size for g in pos.grid_size)
@@ -114,6 +114,9 @@ def default_samples(model, n=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), skip=
     size = tuple(size) if size is not None and None not in size else tuple(io["input_shape"][:2])
     if None in size:
         size = native_size(model)
+        if size is None:
+            raise ValueError(f"{model.name} takes any input size and has no position table to tell its own: pass "
+                             "sample_data (and input_size for LiteRT)")
     x = photo_crops(skip + n, size)[skip:]
     if not io["preprocessing_inside"]:
         x = (x / 255.0 - np.asarray(mean, "float32")) / np.asarray(std, "float32")

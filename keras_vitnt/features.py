@@ -69,5 +69,6 @@ def feature_extractor(model, indices=None, norm=False, output_fmt="NHWC", return
         if final_norm is not None:
             tokens = final_norm(tokens)
         outputs.append(TokenMap(prefix, patch.patch_size, output_fmt, return_prefix=return_prefix_tokens and prefix > 0,
+                                dynamic_img_pad=getattr(patch, "dynamic_img_pad", False),
                                 name=f"features_{i}")(tokens, image))
     return keras.Model(model.inputs, outputs, name=name or f"{model.name}_features")

@@ -89,6 +89,8 @@ def config_kwargs(name, family, kwargs):
     for key, value in kwargs.items():
         if key in IGNORED:
             continue
+        if key == "embed_norm_layer" and value is None:
+            continue  # no norm in the patch embedding (None means the default LayerNorm only for norm_layer)
         if key in ("norm_layer", "embed_norm_layer") and family == "vit":
             norm = _norm(value)
             if norm is None:

@@ -53,6 +53,22 @@ def test_dynamic_img_pad_matches_timm_at_sizes_the_patch_does_not_divide(tmp_pat
     for h, w in ((50, 70), (33, 48)):
         x = normalised_images(2, h, w)
         assert relative_error(np.asarray(model.predict_on_batch(x)), _timm_logits(tm, x)) <= TOL
+    # the token maps of a padding model have the rounded-up grid
+    assert keras_vitnt.feature_extractor(model, indices=1).predict_on_batch(x).shape == (2, 3, 3, 192)
+
+
+def test_dynamic_img_size_with_a_fixed_input_shape_keeps_the_table_at_that_size():
+    """timm's img_size=64, dynamic_img_size=True: a 4x4 table, any input."""
+    from keras_vitnt.exporter import native_size
+
+    model = keras_vitnt.create_model("vit_tiny_patch16_224", weights=None, depth=1, input_shape=(64, 64, 3),
+                                     dynamic_img_size=True)
+    assert model.input_shape == (None, None, None, 3) and model.get_layer("pos_embed").grid_size == (4, 4)
+    assert native_size(model) == (64, 64)
+    tnt = keras_vitnt.create_model("tnt_s_patch16_224", weights=None, depth=1, input_shape=(None, None, 3))
+    assert native_size(tnt) == (224, 224)
+    with pytest.raises(ValueError, match="DiffParallelScalingBlock"):
+        keras_vitnt.create_model("vit_pwee_patch16_reg1_gap_256", weights=None, attn_layer="diff")
 
 
 def test_fit_with_mixed_sizes_save_load_and_exports(tmp_path):

@@ -198,7 +198,7 @@ class DiffLambdas:
 
     def _build_diff(self, lead):
         for name in self.LAMBDAS:  # timm: normal_(std=0.1), float32 whatever the policy
-            setattr(self, name, self.add_weight(shape=(self.half_dim,), dtype="float32", name=name,
+            setattr(self, name, self.add_weight(shape=(self.half_dim,), dtype="float32", name=name, autocast=False,
                                                 initializer=keras.initializers.RandomNormal(stddev=0.1)))
         self.sub_norm.build(lead + (2 * self.half_dim,))
 
@@ -211,7 +211,7 @@ class DiffLambdas:
     def _diff_mix(self, q, k, v, needs_weights, dropout, training):
         """q, k: (2 heads, B, T, half_dim); v: (heads, B, T, 2 half_dim)."""
         lam = (ops.exp(ops.sum(self.lambda_q1 * self.lambda_k1)) - ops.exp(ops.sum(self.lambda_q2 * self.lambda_k2))
-               + self.lambda_init)
+               + self.lambda_init)  # in float32, then cast, as timm's .type_as(q)
         lam = ops.cast(lam, q.dtype)
         scores = ops.matmul(q * ops.cast(self.half_dim**-0.5, q.dtype), ops.swapaxes(k, -1, -2))
         weights = ops.softmax(scores, axis=-1)

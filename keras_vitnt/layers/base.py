@@ -83,7 +83,7 @@ class RmsNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         self.gamma = self.add_weight(shape=(input_shape[-1],), initializer=keras.initializers.Constant(
-            self.gamma_init), name="gamma")
+            self.gamma_init), name="gamma", autocast=False)  # read in float32 under a mixed policy
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32") if self.compute_dtype in ("float16", "bfloat16") else inputs

@@ -38,8 +38,11 @@ def unfold_patches(x, patch_size):
     Uses only rank-4 reshapes and one transpose (no tf.image.extract_patches, which is
     a Flex op in LiteRT, and no rank-6 reshape). C must be static; H and W may not be.
     """
-    _, _, w, c = x.shape
+    _, h, w, c = x.shape
     p = patch_size
+    if h is None or w is None:  # any size: whole patches only (the rest dropped, as a conv), never a row
+        gh, gw = (ops.shape(x)[i] // p for i in (1, 2))  # of one image wrapped into the next
+        x = x[:, : gh * p, : gw * p]
     gw = (w if w is not None else ops.shape(x)[2]) // p
     x = ops.reshape(x, (-1, p, gw, p * c))  # (B*gh, dy, gx, dx*C + c)
     x = ops.transpose(x, (0, 2, 1, 3))  # (B*gh, gx, dy, dx*C + c)
@@ -428,7 +431,8 @@ class TokenMap(keras.layers.Layer):
     "NLC"; the grid is read from the image's size, so any input size works. With
     `return_prefix`, also the prefix tokens (B, prefix, D)."""
 
-    def __init__(self, num_prefix_tokens, patch_size, output_fmt="NHWC", return_prefix=False, **kwargs):
+    def __init__(self, num_prefix_tokens, patch_size, output_fmt="NHWC", return_prefix=False, dynamic_img_pad=False,
+                 **kwargs):
         super().__init__(**kwargs)
         if output_fmt not in OUTPUT_FORMATS:
             raise ValueError(f"output_fmt={output_fmt!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
@@ -436,19 +440,22 @@ class TokenMap(keras.layers.Layer):
         self.patch_size = int(patch_size)
         self.output_fmt = output_fmt
         self.return_prefix = bool(return_prefix)
+        self.dynamic_img_pad = bool(dynamic_img_pad)  # the model pads the image: its grid is rounded up
 
     def call(self, tokens, image):
         x = tokens[:, self.num_prefix_tokens :]
         if self.output_fmt != "NLC":
-            h, w = (image.shape[i] if image.shape[i] is not None else ops.shape(image)[i] for i in (1, 2))
-            x = ops.reshape(x, (-1, h // self.patch_size, w // self.patch_size, tokens.shape[-1]))
+            gh, gw = patch_grid(image, self.patch_size, self.dynamic_img_pad)
+            batch = ops.shape(image)[0] if image.shape[0] is None else image.shape[0]
+            x = ops.reshape(x, (batch, gh, gw, tokens.shape[-1]))
             if self.output_fmt == "NCHW":
                 x = ops.transpose(x, (0, 3, 1, 2))
         return (x, tokens[:, : self.num_prefix_tokens]) if self.return_prefix else x
 
     def compute_output_spec(self, tokens, image):
         b, _, d = tokens.shape
-        h, w = (None if s is None else s // self.patch_size for s in image.shape[1:3])
+        p, pad = self.patch_size, self.dynamic_img_pad
+        h, w = (None if s is None else -(-s // p) if pad else s // p for s in image.shape[1:3])
         n = None if h is None or w is None else h * w
         shape = {"NHWC": (b, h, w, d), "NCHW": (b, d, h, w), "NLC": (b, n, d)}[self.output_fmt]
         out = keras.KerasTensor(shape, dtype=tokens.dtype)
@@ -456,7 +463,8 @@ class TokenMap(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_prefix_tokens": self.num_prefix_tokens, "patch_size": self.patch_size,
-                "output_fmt": self.output_fmt, "return_prefix": self.return_prefix}
+                "output_fmt": self.output_fmt, "return_prefix": self.return_prefix,
+                "dynamic_img_pad": self.dynamic_img_pad}
 
 
 def grid_for(image_size, patch_size, what="model", drop_remainder=False):

@@ -86,8 +86,10 @@ def _dynamic(config, size):
     """The config for an input of (height, width) `size`: at that size, or, when either is None
     (or the config asks for dynamic_img_size), at its own size with the table resampled in the
     graph to each input."""
-    if None not in size and not config.dynamic_img_size:
-        return config.with_input_size(*size)
+    if None not in size:
+        config = config.with_input_size(*size)  # dynamic_img_size=True too: the table at this size, as timm's img_size
+        if not config.dynamic_img_size:
+            return config
     return dataclasses.replace(config, dynamic_img_size=True)
 
 

@@ -188,6 +188,9 @@ class ViTConfig(ArchConfig):
             raise ValueError(f"attn_layer={self.attn_layer!r}: choose one of {', '.join(ATTN_LAYERS)}")
         if self.block_fn not in BLOCKS:
             raise ValueError(f"block_fn={self.block_fn!r}: choose one of {', '.join(BLOCKS)}")
+        if "ParallelScaling" in self.block_fn and self.attn_layer != "attn":
+            raise ValueError(f"block_fn={self.block_fn!r} has its own attention: attn_layer={self.attn_layer!r} does not "
+                             "apply (use block_fn='DiffParallelScalingBlock' for differential attention)")
         if "ParallelScaling" in self.block_fn and (self.scale_attn_norm or self.scale_mlp_norm):
             raise ValueError(f"block_fn={self.block_fn!r} takes no scale_attn_norm/scale_mlp_norm (as in timm)")
 
