@@ -61,6 +61,7 @@ def _parity(name, tmp_path, ext=".safetensors", batch=2, **timm_kwargs):
     model = keras_vitnt.create_model(
         name, weights=str(path), include_preprocessing=False, classifier_activation=None, **timm_kwargs
     )
+    path.unlink()  # pytest keeps every test's tmp_path: the full-depth files of the slow suite would fill 60+ GB
     err = relative_error(np.asarray(model.predict_on_batch(x)), timm_logits(tm, x))
     print(f"{name}{ext} {timm_kwargs or ''}: relative max error {err:.2e}")
     return err, tm, model
