@@ -73,7 +73,8 @@ def test_dynamic_img_size_with_a_fixed_input_shape_keeps_the_table_at_that_size(
 
 def test_fit_with_mixed_sizes_save_load_and_exports(tmp_path):
     """model.fit on batches of two sizes; the .keras file and a SavedModel with unknown height and
-    width, served by plain TensorFlow at two sizes in a process that never imports keras_vitnt;
+    width, served by plain TensorFlow at two sizes in a process that had not imported keras_vitnt
+    (which then loads the .keras file);
     LiteRT at the native size (said in the log) or at input_size; maps and rollout at the image's size."""
     import subprocess
     import sys
@@ -113,6 +114,10 @@ loaded = tf.saved_model.load({str(tmp_path / "sm")!r})  # kept: it holds the var
 for x, y in (("a", "ya"), ("b", "yb")):
     assert np.allclose(loaded.serve(io[x]).numpy(), io[y], rtol=1e-5, atol=1e-6), x
 assert "keras_vitnt" not in sys.modules
+import keras, keras_vitnt  # and the .keras file in a new process, with plain Keras after import keras_vitnt
+model = keras.models.load_model({str(tmp_path / "m.keras")!r})
+for x, y in (("a", "ya"), ("b", "yb")):
+    assert np.allclose(model.predict_on_batch(io[x]), io[y], rtol=1e-5, atol=1e-6), x
 print("served")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
