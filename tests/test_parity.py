@@ -36,11 +36,9 @@ FULL_FAST = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "tnt_s_p
              "vit_pwee_patch16_reg1_gap_256",  # ParallelScalingBlock, registers, avg pool
              "vit_dwee_patch16_reg1_gap_256",  # differential attention
              "vit_dpwee_patch16_reg1_gap_256",  # DiffParallelScalingBlock
-             "vit_small_patch16_18x2_224",  # ParallelThingsBlock
-             "vit_base_patch16_rpn_224",  # ResPostBlock
-             "vit_base_patch16_xp_224",  # ParallelScalingBlock with qk_norm, RmsNorm, pre_norm
-             "beit3_base_patch16_224",  # scale_attn_norm, scale_mlp_norm
              "test_vit3", "test_vit4"]  # pool_include_prefix with map; rmsnorm
+# ParallelThings (18x2), ResPost (rpn), xp and BEiT-3 blocks: base-size models, at one block in the fast
+# set (every name) and at full depth under -m slow (21 s and ~2 GB more here)
 # a full-depth parity holds about five fp32 copies of the weights (timm's, the file, the read and the
 # converted state dict, Keras's): models above 700M parameters would not fit in this machine's 24 GB,
 # so the slow suite checks them at 4 blocks (real widths) instead
