@@ -16,7 +16,9 @@ def drop_path_rates(depth, rate):
 
 def position_embedding(config, name):
     """The table at the config's size; a dynamic model resamples it to each input in the graph."""
-    grid = grid_for(config.img_size, config.patch_size, drop_remainder=config.drop_remainder)
+    grid = grid_for(config.img_size, config.patch_size, drop_remainder=config.drop_remainder or config.dynamic_img_pad)
+    if config.dynamic_img_pad:  # the patch embedding pads: the grid is rounded up
+        grid = tuple(-(-s // config.patch_size) for s in config.img_size)
     if not config.dynamic_img_size:
         return PositionEmbedding(grid, config.pos_prefix_tokens, kind=config.pos_embed, name=name)
     return PositionEmbedding(grid, config.pos_prefix_tokens, kind=config.pos_embed, patch_size=config.patch_size,
