@@ -1,6 +1,6 @@
 """`keras-vitnt benchmark`: keras_vitnt next to timm, side by side in one run.
 
-    keras-vitnt benchmark [--sections inference training memory litert bf16]
+    keras-vitnt benchmark [--sections inference training memory litert bf16 quant]
                           [--models ...] [--batches 1 16] [--threads 2] [--rounds 3]
                           [--out benchmarks/results.md] [--overwrite]
 
@@ -22,6 +22,12 @@ same run are stable. Sections:
 - bf16: accuracy of mixed_bfloat16 against fp32: logit error and top-1 agreement on the
   real digits images for the demo's trained ViT and TNT, and the logit error of the
   ImageNet-size models on real photos.
+- quant: every way to make a model smaller, per model and mode: Keras fp32, mixed_bfloat16,
+  `model.quantize("int8" | "int4" | "float8")`, and LiteRT fp32 / float16 / dynamic_int8 /
+  int8 / int16x8 / mixed_int8: file size, batch-1 latency, correlation and top-1 agreement
+  with Keras fp32 (and accuracy for the demo's trained digits models). Calibration and
+  scoring images are disjoint: digits train / test images, and two separate sets of photo
+  crops for the ImageNet-size models (random weights, or `--weights imagenet`).
 
 Needs timm and torch (the `test` extra). timm must be imported before TensorFlow (its
 triton dependency crashes otherwise), so `main` re-executes itself in a fresh Python
@@ -40,7 +46,7 @@ import sys
 import tempfile
 import time
 
-from keras_vitnt.precision import dtype_policy
+from keras_vitnt.precision import dtype_policy, policy_copy
 
 INFERENCE_MODELS = [
     "vit_tiny_patch16_224",
@@ -53,7 +59,10 @@ INFERENCE_MODELS = [
 ]
 TRAIN_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
 LITERT_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
-SECTIONS = ("inference", "training", "memory", "litert", "bf16")
+SECTIONS = ("inference", "training", "memory", "litert", "bf16", "quant")
+QUANT_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
+KERAS_QUANTS = ("int8", "int4", "float8")  # model.quantize modes (gptq/awq need a calibration structure)
+LITERT_QUANTS = (None, "float16", "dynamic_int8", "int8", "int16x8", "mixed_int8")
 QUANTS = (None, "float16", "dynamic_int8", "int8")
 _REEXEC = "import timm, sys; from keras_vitnt.benchmark import main; sys.exit(main(sys.argv[1:]))"
 
@@ -437,6 +446,95 @@ def bench_bf16(models, weights):
     return lines
 
 
+def _file_mb(path):
+    return os.path.getsize(path) / 1e6
+
+
+def _quant_rows(label, model, x_score, x_calib, y, threads, rounds, tmp):
+    """Rows of the quant table for one fp32 Keras model: every Keras and LiteRT mode, scored on
+    `x_score` (labels `y`, or None) against the fp32 model's own outputs."""
+    import keras
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_vitnt.exporter import export
+
+    keras_path = os.path.join(tmp, "fp32.keras")
+    model.save(keras_path)
+    reference = np.asarray(model.predict(x_score, verbose=0, batch_size=16))
+    contenders = {}  # name -> (predict on the scored set, one batch-1 call, MB)
+    one = x_score[:1]
+    contenders["Keras fp32"] = (lambda: reference, lambda: model.predict_on_batch(one), _file_mb(keras_path))
+    m16 = policy_copy(model, "mixed_bfloat16")
+    contenders["Keras mixed_bfloat16"] = (lambda: m16.predict(x_score, verbose=0, batch_size=16),
+                                          lambda: m16.predict_on_batch(one), None)
+    for mode in KERAS_QUANTS:
+        mq = keras.models.load_model(keras_path)
+        mq.quantize(mode)
+        path = os.path.join(tmp, f"{mode}.keras")
+        mq.save(path)
+        contenders[f"Keras quantize(\"{mode}\")"] = (
+            lambda mq=mq: mq.predict(x_score, verbose=0, batch_size=16), lambda mq=mq: mq.predict_on_batch(one),
+            _file_mb(path))
+    for q in LITERT_QUANTS:
+        path = os.path.join(tmp, f"{q or 'fp32'}.tflite")
+        export(model, path, quantization=q, sample_data=x_score[:8], representative_data=x_calib)
+        interp = Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
+        inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+        def run(x, interp=interp, inp=inp, out=out):
+            ys = []
+            for i in range(len(x)):
+                interp.set_tensor(inp, x[i : i + 1])
+                interp.invoke()
+                ys.append(interp.get_tensor(out).copy())
+            return np.concatenate(ys)
+
+        contenders[f"LiteRT {q or 'fp32'}"] = (lambda run=run: run(x_score), lambda run=run: run(one),
+                                              _file_mb(path))
+    latency = interleaved_medians({k: v[1] for k, v in contenders.items()}, rounds)
+    rows = []
+    for name, (predict, _, mb) in contenders.items():
+        out = np.asarray(predict(), "float64")
+        corr = float(np.corrcoef(reference.ravel(), out.ravel())[0, 1])
+        agree = float(np.mean(out.argmax(-1) == reference.argmax(-1)))
+        acc = f"{100 * float(np.mean(out.argmax(-1) == y)):.1f}%" if y is not None else ""
+        size = f"{mb:.3g}" if mb is not None else "(fp32 file)"
+        rows.append(f"| {label} | {name} | {size} | {1000 * latency[name]:.1f} | {corr:.4f} | {100 * agree:.1f}% | "
+                    f"{acc} |")
+        print(f"  {label} {name}: {1000 * latency[name]:.1f} ms, correlation {corr:.4f}, agreement "
+              f"{100 * agree:.1f}% {acc}", flush=True)
+    return rows
+
+
+def bench_quant(models, weights, threads, rounds):
+    from keras_vitnt.data.digits import load_digits
+    from keras_vitnt.data.samples import photo_crops
+    from keras_vitnt.demo import IMAGE_SIZE
+
+    lines = [
+        "| model | mode | file MB | ms / image (batch 1) | correlation with Keras fp32 | top-1 agreement | "
+        "accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    (x_train, _), (x_test, y_test) = load_digits(size=IMAGE_SIZE)
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("vit", "tnt"):
+            model, cfg, _ = _demo_model(kind, tmp)
+            label = f"demo {dict(vit='ViT', tnt='TNT')[kind]} (digits, trained)"
+            # calibration on training images, scores on the test images
+            lines += _quant_rows(label, model, x_test, x_train[:64], y_test, threads, rounds,
+                                 tempfile.mkdtemp(dir=tmp))
+        for name in models:
+            model = keras_model(name, weights=weights, include_preprocessing=True)
+            size = model.input_shape[1]
+            crops = photo_crops(64, size)  # the first 32 scored, the other 32 calibrate
+            label = f"{name} ({weights or 'random weights'}, photos)"
+            lines += _quant_rows(label, model, crops[:32], crops[32:], None, threads, rounds, tempfile.mkdtemp(dir=tmp))
+    return lines
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -474,12 +572,13 @@ def parse_args(argv):
     p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     p.add_argument("--train-models", nargs="+", default=TRAIN_MODELS)
     p.add_argument("--litert-models", nargs="+", default=LITERT_MODELS)
+    p.add_argument("--quant-models", nargs="+", default=QUANT_MODELS)
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--litert-rounds", type=int, default=10)
-    p.add_argument("--weights", default=None, help="weights for the bf16 accuracy of the ImageNet-size models "
-                   "(e.g. imagenet when cached); default random")
+    p.add_argument("--weights", default=None, help="weights for the bf16 and quant accuracy of the ImageNet-size "
+                   "models (e.g. imagenet when cached); default random")
     p.add_argument("--out", default="benchmarks/results.md", help="markdown file the tables go to")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p.parse_args(argv)
@@ -543,6 +642,12 @@ def main(argv=None):
                     "rounds, real-photo input, random weights)"],
          lambda: bench_litert(args.litert_models, args.threads, args.litert_rounds)),
         ("bf16", ["## mixed_bfloat16 accuracy against fp32"], lambda: bench_bf16(args.train_models, args.weights)),
+        ("quant", [f"## Quantisation: size, batch-1 latency ({args.threads} threads, median of {args.litert_rounds} "
+                   "interleaved rounds) and agreement with Keras fp32", "",
+                   "Keras rows: `model.predict_on_batch`; Keras `quantize` rows: `model.quantize(mode)` on the fp32 "
+                   "model, sized as saved `.keras` files. LiteRT rows: `keras_vitnt.export(..., quantization=...)` "
+                   "under the stock interpreter (XNNPACK). Calibration images are never scored."],
+         lambda: bench_quant(args.quant_models, args.weights, args.threads, args.litert_rounds)),
     ]
     for section, heading, run in plan:
         if section in args.sections:

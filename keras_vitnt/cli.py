@@ -224,6 +224,7 @@ def cmd_export(args):
     model = _load_model_arg(model_arg, args.weights, pooling=args.pooling, mean=args.mean, std=args.std,
                             input_size=None if saved else args.input_size)
     out = args.out or _default_export_path(saved or model_arg, args.format, quant, saved is not None)
+    figure = _report_figure_path(out, args) if args.report else None
     representative = None
     if calibration:
         from keras_vitnt.exporter import artifact_size
@@ -233,16 +234,35 @@ def cmd_export(args):
             raise ValueError(f"--calibration loads square crops; this model takes {h}x{w} images: pass "
                              "representative_data= to keras_vitnt.export in Python instead")
         representative = load_images(calibration, size=h)
-        print(f"int8 calibration on {len(calibration)} images from {args.calibration}")
+        print(f"{quant} calibration on {len(calibration)} images from {args.calibration}")
     report = export(model, out, format=args.format, quantization=quant,
                     representative_data=representative, overwrite=args.overwrite,
                     class_names=_run_class_names(saved) if saved else None,
-                    input_size=args.input_size if saved else None)
+                    input_size=args.input_size if saved else None, layer_report=args.report)
     print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
     print(f"parity vs Keras on {report['samples']} samples: max relative error {report['max_relative_error']:.2e}, "
           f"top-1 agreement {report.get('top1_agreement', float('nan')):.2%}, correlation {report['correlation']:.6f}")
     print(f"metadata: {report['path'] + ('/keras_vitnt.json' if args.format == 'saved_model' else '.json')}")
+    if figure:
+        from keras_vitnt.quantization import report_figure, summary_lines
+
+        print("\nwhere full int8 loses accuracy (the sidecar's int8_layers has every op):")
+        print("\n".join(summary_lines(report["int8_layers"])))
+        report_figure(report["int8_layers"], figure, title=f"{os.path.basename(out)}: full int8, per op group and op")
+        print(f"figure: {figure}")
     return 0
+
+
+def _report_figure_path(out, args):
+    """<out>.int8_report.png, checked before any work: --report needs a calibrated --quantize, and an
+    existing figure is replaced only with --overwrite."""
+    if args.quantize not in ("int8", "int16x8", "mixed_int8"):
+        raise ValueError(f"--report is for --quantize int8, int16x8 or mixed_int8, not {args.quantize or 'fp32'}")
+    figure = out + ".int8_report.png"
+    if os.path.lexists(figure) and not args.overwrite:
+        raise FileExistsError(f"{figure} already exists; pass --overwrite to replace it (and the export), or another "
+                              "--out")
+    return figure
 
 
 def _calibration_images(folder, quant):
@@ -250,8 +270,9 @@ def _calibration_images(folder, quant):
     contributes."""
     if not folder:
         return []
-    if quant != "int8":
-        raise ValueError(f"--calibration is for --quantize int8 (full integer), not {quant or 'fp32'}")
+    if quant not in ("int8", "int16x8", "mixed_int8"):
+        raise ValueError(f"--calibration is for a calibrated --quantize (int8, int16x8, mixed_int8), not "
+                         f"{quant or 'fp32'}")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--calibration {folder}: no such folder")
     images = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
@@ -402,8 +423,14 @@ def build_parser():
     q.add_argument("--input-size", type=_size2, default=None, metavar="H,W",
                    help="the exported input size: a timm name is built for it (position table resampled); a saved "
                         "model that takes any size is exported at it (LiteRT default: its native size)")
-    q.add_argument("--quantize", default=None, choices=["none", "float16", "dynamic_int8", "int8"])
-    q.add_argument("--calibration", default=None, help="folder of images for int8 calibration")
+    q.add_argument("--quantize", default=None,
+                   choices=["none", "float16", "dynamic_int8", "int8", "int16x8", "mixed_int8"],
+                   help="LiteRT quantization (README: Quantisation); int8, int16x8 and mixed_int8 are calibrated")
+    q.add_argument("--calibration", default=None,
+                   help="folder of images for calibration (int8, int16x8, mixed_int8; default: bundled photos)")
+    q.add_argument("--report", action="store_true",
+                   help="with a calibrated --quantize: where full int8 loses accuracy, per quantized op and per op "
+                        "group, into the sidecar JSON and <out>.int8_report.png (slow: one conversion per group)")
     q.add_argument("--out", default=None, help="destination (default: inside the run for a run folder or .keras "
                                                "MODEL, e.g. <run>/model.tflite; else saved_models/<name>.tflite)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier keras_vitnt export there")

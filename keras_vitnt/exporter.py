@@ -27,7 +27,18 @@ import numpy as np
 log = logging.getLogger("keras_vitnt")
 
 FORMATS = ("litert", "saved_model", "onnx")
-QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8")
+QUANTIZATIONS = (None, "float16", "dynamic_int8", "int8", "int16x8", "mixed_int8")
+CALIBRATED = ("int8", "int16x8", "mixed_int8")  # the modes that need representative data
+# mixed_int8: the op types kept in integer; every other op computes in float. Measured with the
+# per-layer report (README, "Where full int8 loses accuracy"): LayerNorm's decomposition
+# (MEAN, SQUARED_DIFFERENCE, RSQRT, ...) and the attention SOFTMAX carry most of full int8's
+# error, the attention BATCH_MATMULs and the residual ADDs the rest; the Dense layers, the
+# patch / pixel convolution and GELU lose little and hold nearly all the FLOPs. One Dense is the
+# exception: attention's output projection, whose input (the heads' outputs side by side) has
+# ranges that differ by head, which one int8 scale for the whole tensor cannot hold (in TNT-S
+# it alone took the correlation from 0.996 to 0.955): it stays float too.
+MIXED_INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "GELU")
+MIXED_FLOAT_DENSE = r"/attn[^/]*/proj[^/]*/"  # Keras layer path of attention's output projection
 FP32_TOLERANCE = 1e-4
 SIDECAR = "keras_vitnt.json"  # inside a SavedModel directory; `<file>.json` beside a file
 
@@ -123,6 +134,45 @@ def default_samples(model, n=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), skip=
     return x.astype("float32")
 
 
+def input_normalisation(model, mean=None, std=None):
+    """{"mean", "std"} the sample and calibration photos are normalised with for a model that
+    takes normalised input: the caller's, else the registered tag's (the model is named after
+    its timm name), else 0.5/0.5 (said in the log)."""
+    if (mean is None) != (std is None):
+        raise ValueError("pass mean and std together (3 values each, for RGB in 0..1), or neither")
+    if mean is not None:
+        return {"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std)}
+    from keras_vitnt.models.registry import REGISTRY
+
+    name = model.name.split(".")[0]
+    if name in REGISTRY:
+        mean, std = REGISTRY[name].mean_std
+        return {"mean": tuple(mean), "std": tuple(std)}
+    log.warning("%s takes normalised input and is not a registered name: sample and calibration photos are "
+                "normalised with mean = std = 0.5; pass mean= and std= (--mean/--std) if it expects others",
+                model.name)
+    return {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def _without_scored(calibration, samples):
+    """`calibration` without the images the parity report scores (`samples`): calibrating on them
+    would flatter the report. Says how many it dropped; ValueError if none is left."""
+    import hashlib
+
+    def digest(x):
+        return hashlib.sha1(np.ascontiguousarray(x, "float32").tobytes()).hexdigest()
+
+    scored = {digest(x) for x in samples}
+    keep = np.asarray([digest(x) not in scored for x in calibration], bool)
+    if not keep.any():
+        raise ValueError(f"representative_data: all {len(calibration)} images are among the images the parity report "
+                         "scores (sample_data); calibrate on other images")
+    if not keep.all():
+        log.warning("representative_data: left out %d images that the parity report scores (calibration never sees "
+                    "them)", int((~keep).sum()))
+    return calibration[keep]
+
+
 def _as_batches(data):
     """A generator/iterable/array of images -> list of (1, H, W, C) float32 arrays."""
     out = []
@@ -211,16 +261,21 @@ def _write_saved_model(model, directory, batch_size, size):
     archive.write_out(directory, verbose=False)
 
 
-def _write_litert(model, path, quantization, representative_data, batch_size, size):
+def _litert_converter(model, quantization, representative_data, batch_size, size):
+    """A TFLiteConverter on the frozen forward pass, set up for `quantization`."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    from keras_vitnt.layers.base import square_as_mul
+
     (h, w), c = size, model.input_shape[-1]
-    fn = tf.function(lambda image: model(image, training=False)).get_concrete_function(
-        tf.TensorSpec((batch_size, h, w, c), tf.float32, name="image")
-    )
-    # frozen weights: a few seconds, where the SavedModel round trip Keras uses takes several times that
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(fn)])
+    # int16x8: the norms square with MUL (LiteRT's SQUARED_DIFFERENCE has no int16 kernel)
+    with square_as_mul() if quantization == "int16x8" else contextlib.nullcontext():
+        fn = tf.function(lambda image: model(image, training=False)).get_concrete_function(
+            tf.TensorSpec((batch_size, h, w, c), tf.float32, name="image")
+        )
+        # frozen weights: a few seconds, where the SavedModel round trip Keras uses takes several times that
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(fn)])
     # builtin ops only: the file must run in the stock interpreter and on mobile delegates
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization == "float16":
@@ -228,15 +283,69 @@ def _write_litert(model, path, quantization, representative_data, batch_size, si
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "dynamic_int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "int8":
+    elif quantization in CALIBRATED:
         samples = _as_batches(representative_data)
         if not samples:
-            raise ValueError("int8 quantisation needs representative_data with at least one image")
+            raise ValueError(f"{quantization} quantisation needs representative_data with at least one image")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([s] for s in samples)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.target_spec.supported_ops = {
+            "int8": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8],
+            # int8 weights, int16 activations; an op without a 16x8 kernel would fail the conversion
+            "int16x8": [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8],
+            # integer where MIXED_INT8_OPS says, float builtins elsewhere
+            "mixed_int8": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS],
+        }[quantization]
+    return converter
+
+
+def _calibrate(converter):
+    """The float model with the calibration statistics of the converter's representative data
+    (what LiteRT's QuantizationDebugger starts from), to be quantized by `_quantize`."""
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    return converter.convert()
+
+
+def _quantize(calibrated, denylisted_ops=None, denylisted_nodes=None, debug=False):
+    """int8-quantize a calibrated model, leaving `denylisted_ops` (op types) and
+    `denylisted_nodes` (output tensor names) in float; `debug`: with LiteRT's NumericVerify ops
+    after every quantized op (for the per-layer report)."""
+    from tensorflow.lite.python import convert
+
+    return convert.mlir_quantize(calibrated, enable_numeric_verify=debug, denylisted_ops=denylisted_ops,
+                                 denylisted_nodes=denylisted_nodes)
+
+
+def _ops_and_outputs(model_content):
+    """[(op type, name of its first output tensor)] of a .tflite model, in graph order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model_content)
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    return [(op["op_name"], names.get(op["outputs"][0], "")) for op in interp._get_ops_details()]
+
+
+def mixed_int8_floats(calibrated):
+    """What mixed_int8 leaves in float in a calibrated model: {"denylisted_ops": every op type
+    but MIXED_INT8_OPS, "denylisted_nodes": the attention output projections}."""
+    import re
+
+    ops = _ops_and_outputs(calibrated)
+    return {"denylisted_ops": sorted({op for op, _ in ops} - set(MIXED_INT8_OPS)),
+            "denylisted_nodes": sorted({name for op, name in ops
+                                        if op == "FULLY_CONNECTED" and re.search(MIXED_FLOAT_DENSE, name)})}
+
+
+def _write_litert(model, path, quantization, representative_data, batch_size, size):
+    """Converts `model` to a .tflite file at `path`."""
+    converter = _litert_converter(model, quantization, representative_data, batch_size, size)
     try:
-        data = converter.convert()
+        if quantization == "mixed_int8":
+            calibrated = _calibrate(converter)
+            data = _quantize(calibrated, **mixed_int8_floats(calibrated))
+        else:
+            data = converter.convert()
     except Exception as e:
         raise RuntimeError(
             f"LiteRT conversion failed for {os.path.basename(path)} (quantization={quantization}): {e}"
@@ -278,6 +387,9 @@ def export(
     class_names=None,
     batch_size="default",
     input_size=None,
+    mean=None,
+    std=None,
+    layer_report=False,
 ):
     """Export a Keras model (any keras_vitnt model, fine-tuned or not) and check the result.
 
@@ -287,10 +399,13 @@ def export(
             "saved_model".
         format: "litert", "saved_model" or "onnx".
         quantization: LiteRT only: None (fp32), "float16" (fp16 weights), "dynamic_int8"
-            (int8 weights) or "int8" (full integer; needs `representative_data`, or uses
-            crops of the bundled real photos).
+            (int8 weights), or, calibrated on `representative_data` (default: 32 crops of the
+            bundled real photos): "int8" (full integer), "int16x8" (int8 weights, int16
+            activations) or "mixed_int8" (integer Dense layers, convolution and GELU,
+            everything else in float: see MIXED_INT8_OPS).
         representative_data: images (array (N, H, W, 3), or an iterable of arrays /
-            (images, labels) batches) for int8 calibration, as the model takes them.
+            (images, labels) batches) for calibration, as the model takes them. Images that
+            are also in `sample_data` are left out (calibration never sees what is scored).
         overwrite: replace an earlier keras_vitnt export at `path`; otherwise, or when
             `path` holds anything else, a FileExistsError (and `path` is left untouched).
         sample_data: images for the parity check (default: 8 real-photo crops).
@@ -302,6 +417,12 @@ def export(
         input_size: (H, W) of the artifact's input, for a model that takes any size
             (input_shape=(None, None, 3)). Default: any size for SavedModel and ONNX, the
             model's native size (its position table's) for LiteRT, which wants a fixed one.
+        mean, std: the normalisation a model without preprocessing inside expects, for the
+            default sample and calibration images (default: the registered tag's for a timm
+            name, else 0.5/0.5, said in the log). Ignored when the model normalises itself.
+        layer_report: with a calibrated quantization, add "int8_layers" to the report: where
+            full int8 loses accuracy, per quantized op and per op group
+            (`keras_vitnt.quantization.int8_report`; slow: one conversion per group).
 
     Returns:
         The report dict (also in the sidecar JSON): path, format, quantization, size in
@@ -319,17 +440,36 @@ def export(
     model = float32_copy(model)  # LiteRT builtins and ONNX have no bfloat16 kernels
     size = artifact_size(model, target.format, input_size)
     io = model_io(model, size)
-    samples = np.asarray(sample_data, "float32") if sample_data is not None else default_samples(model, size=size)
-    if target.quantization == "int8" and representative_data is None:
-        # calibration never sees the images the parity report scores
-        representative_data = default_samples(model, n=32, skip=0 if sample_data is not None else len(samples),
-                                              size=size)
-        log.info("int8 calibration on 32 crops of the bundled sample photos; pass representative_data "
-                 "drawn from your own data for a better calibration")
+    if layer_report and target.quantization not in CALIBRATED:
+        raise ValueError(f"layer_report needs a calibrated quantization ({', '.join(CALIBRATED)}), not "
+                         f"{target.quantization}")
+    norm = None if io["preprocessing_inside"] else input_normalisation(model, mean, std)
+    if sample_data is not None:
+        samples = np.asarray(sample_data, "float32")
+    else:
+        samples = default_samples(model, size=size, **(norm or {}))
+    if target.quantization in CALIBRATED:
+        if representative_data is None:
+            # calibration never sees the images the parity report scores
+            representative_data = default_samples(model, n=32, skip=0 if sample_data is not None else len(samples),
+                                                  size=size, **(norm or {}))
+            log.info("%s calibration on 32 crops of the bundled sample photos; pass representative_data "
+                     "drawn from your own data for a better calibration", target.quantization)
+        else:
+            batches = _as_batches(representative_data)
+            if not batches:
+                raise ValueError(f"{target.quantization} quantisation needs representative_data with at least one "
+                                 "image")
+            representative_data = _without_scored(np.concatenate(batches), samples)
 
     with _work_dir(target.path) as tmp:
         _write_artifact(model, tmp, target, representative_data, size)
         report = _check_parity(model, tmp, target, samples)
+        if layer_report:
+            from keras_vitnt.quantization import int8_report
+
+            report["int8_layers"] = int8_report(model, representative_data, samples, size,
+                                                batch_size=target.batch_size or 1)
         meta = {**io, "model": model.name, "source_dtype_policies": policies,
                 "class_names": _class_names(class_names, io), "report": report}
         meta_tmp = _write_sidecar(tmp, target.format, meta)

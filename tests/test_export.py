@@ -67,7 +67,9 @@ def test_vit_litert_fp32_fp16_dynamic_int8(vit_tiny, tmp_path):
 
 
 def test_tnt_s_litert_fp32_and_dynamic_int8(tmp_path):
-    model = keras_vitnt.TNT("S", weights=None, classifier_activation=None)
+    # real widths and input size, 2 blocks (the full 12 took 36 s of make test; `make demo` and the
+    # benchmark export full-depth TNTs)
+    model = keras_vitnt.TNT("S", weights=None, classifier_activation=None, depth=2)
     fp32 = keras_vitnt.export(model, tmp_path / "tnt_s.tflite")
     dyn = keras_vitnt.export(model, tmp_path / "tnt_s_int8.tflite", quantization="dynamic_int8")
     print(fp32["max_relative_error"], dyn["size_bytes"] / fp32["size_bytes"], dyn["correlation"])

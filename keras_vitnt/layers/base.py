@@ -5,7 +5,9 @@ Layer and sub-layer attribute names mirror timm's module names (`attn.qkv`, `nor
 which timm tensor is which weight is not known to the layers but to
 `keras_vitnt.weights.timm_map`."""
 
+import contextlib
 import math
+import threading
 
 import keras
 from keras import ops
@@ -32,8 +34,18 @@ def dense_init():
     return timm_normal(0.02)
 
 
+class KeepsFloat:
+    """Mixin for layers that stay in float under `model.quantize(...)`: Keras quantizes Dense
+    layers (every matmul of a ViT but the patch projection, attention's two batched matmuls
+    aside); norms, embeddings, the patch convolution and weightless layers keep their dtype.
+    A no-op `quantize` says so instead of Keras's warning that the method is missing."""
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Nothing to quantize: this layer keeps its float weights and computation."""
+
+
 @register
-class TorchConv2D(keras.layers.Conv2D):
+class TorchConv2D(KeepsFloat, keras.layers.Conv2D):
     """Conv2D initialised as PyTorch's `nn.Conv2d` (timm leaves its convs at that default):
     kernel and bias both U(+-1/sqrt(fan_in)), fan_in = in_channels * kh * kw. The bias bound
     needs the input channels, so the bias initialiser is set when the layer is built."""
@@ -52,8 +64,28 @@ def conv(filters, kernel_size, strides, name="proj", use_bias=True):
                        use_bias=use_bias, name=name)
 
 
+_FORMS = threading.local()
+
+
+@contextlib.contextmanager
+def square_as_mul():
+    """While tracing inside this context, the norms square with `x * x` instead of
+    `ops.square`. LiteRT fuses square(x - mean) into SQUARED_DIFFERENCE, which its runtime
+    has no int16 kernel for; MUL it has (the int16x8 export traces in this form)."""
+    previous = getattr(_FORMS, "mul", False)
+    _FORMS.mul = True
+    try:
+        yield
+    finally:
+        _FORMS.mul = previous
+
+
+def square(x):
+    return x * x if getattr(_FORMS, "mul", False) else ops.square(x)
+
+
 @register
-class LayerNorm(keras.layers.LayerNormalization):
+class LayerNorm(KeepsFloat, keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization over the last axis, written as
     `(x - mean) * (rsqrt(var + eps) * gamma) + beta`: five passes over the tensor instead of
     the seven Keras's TF lowering takes (25% less time per call on ViT-S/16's tokens).
@@ -66,13 +98,13 @@ class LayerNorm(keras.layers.LayerNormalization):
             return super().call(inputs)
         x = ops.cast(inputs, "float32") if self.compute_dtype in ("float16", "bfloat16") else inputs
         xc = x - ops.mean(x, axis=-1, keepdims=True)
-        inv = ops.rsqrt(ops.mean(ops.square(xc), axis=-1, keepdims=True) + ops.cast(self.epsilon, x.dtype))
+        inv = ops.rsqrt(ops.mean(square(xc), axis=-1, keepdims=True) + ops.cast(self.epsilon, x.dtype))
         out = xc * (inv * ops.cast(self.gamma, x.dtype)) + ops.cast(self.beta, x.dtype)
         return ops.cast(out, self.compute_dtype)
 
 
 @register
-class RmsNorm(keras.layers.Layer):
+class RmsNorm(KeepsFloat, keras.layers.Layer):
     """timm's `RmsNorm`: `x * rsqrt(mean(x^2) + eps) * gamma` over the last axis, no centring
     and no bias (AIMv2, the `xp` ViTs). Computes in float32 under a mixed policy, as LayerNorm."""
 
@@ -87,7 +119,7 @@ class RmsNorm(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32") if self.compute_dtype in ("float16", "bfloat16") else inputs
-        inv = ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + ops.cast(self.epsilon, x.dtype))
+        inv = ops.rsqrt(ops.mean(square(x), axis=-1, keepdims=True) + ops.cast(self.epsilon, x.dtype))
         return ops.cast(x * (inv * ops.cast(self.gamma, x.dtype)), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -134,4 +166,44 @@ class SharedDtypePolicy:
                     for layer in item._flatten_layers(include_self=True):  # its own sub-layers too
                         layer.dtype_policy = self.dtype_policy
         super().__setattr__(name, value)
+
+    # `model.quantize(...)` (Keras's int8 / int4 / float8) turns the Dense layers inside this layer
+    # into quantized ones. The sub-layers are made by __init__, not by the config, so the config
+    # records their quantized policies and from_config sets them before the build: a saved
+    # quantized model loads with its int8 variables instead of failing on their shapes.
+    def get_config(self):
+        config = super().get_config()
+        quantized = {path: keras.dtype_policies.serialize(layer.dtype_policy)
+                     for path, layer in sublayer_paths(self) if layer.quantization_mode is not None}
+        if quantized:
+            config["quantized_sublayers"] = quantized
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        quantized = config.pop("quantized_sublayers", None) or {}
+        layer = super().from_config(config)
+        paths = dict(sublayer_paths(layer))
+        for path, policy in quantized.items():
+            if path not in paths:
+                raise ValueError(f"{cls.__name__} {config.get('name')!r}: the saved config has a quantized sub-layer "
+                                 f"{path!r} this version does not make; save the model again with this version")
+            paths[path].dtype_policy = keras.dtype_policies.deserialize(policy)
+        return layer
+
+
+def sublayer_paths(layer, prefix=""):
+    """(relative path, sub-layer) for every layer nested in `layer`, depth first in tracking
+    order: "attn/qkv", "mlp/fc1", "attns/0/attn/qkv" (branches in a list take their index)."""
+    seen = {}
+    for sub in layer._layers:
+        key = prefix + sub.name
+        if key in seen:  # names are unique among a layer's own sub-layers; keep paths unique anyway
+            seen[key] += 1
+            key = f"{key}#{seen[key]}"
+        else:
+            seen[key] = 0
+        yield key, sub
+        yield from sublayer_paths(sub, key + "/")
 

@@ -16,7 +16,7 @@ from keras_vitnt.layers.attention import (
     merge_heads,
     tokens_2d,
 )
-from keras_vitnt.layers.base import SharedDtypePolicy, dense, dense_init, layer_norm, register
+from keras_vitnt.layers.base import KeepsFloat, SharedDtypePolicy, dense, dense_init, layer_norm, register
 
 
 _GELU_FORM = threading.local()
@@ -203,7 +203,7 @@ MLP_LAYERS = {"mlp": Mlp, "glu": GluMlp, "swiglu": SwiGLU}
 
 
 @register
-class LayerScale(keras.layers.Layer):
+class LayerScale(KeepsFloat, keras.layers.Layer):
     """x * gamma per channel, timm's `LayerScale` (DeiT III, DINOv2): gamma starts at `init_values`."""
 
     def __init__(self, init_values=1e-5, **kwargs):
@@ -225,7 +225,7 @@ class LayerScale(keras.layers.Layer):
 
 
 @register
-class DropPath(keras.layers.Layer):
+class DropPath(KeepsFloat, keras.layers.Layer):
     """Stochastic depth: drops the whole residual branch per sample while training and
     rescales the kept ones by 1 / (1 - rate). Identity at inference."""
 
@@ -236,6 +236,9 @@ class DropPath(keras.layers.Layer):
         self.rate = float(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if self.rate > 0 else None
+        # no weights to build, and the blocks skip the call at rate 0: built from the start, so that
+        # `model.quantize()` (which wants every layer built) does not stop here
+        self.built = True
 
     def call(self, x, training=None):
         if not training or self.rate == 0.0:

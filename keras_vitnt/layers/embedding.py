@@ -8,13 +8,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vitnt.layers.base import SharedDtypePolicy, conv, layer_norm, register, timm_normal
+from keras_vitnt.layers.base import KeepsFloat, SharedDtypePolicy, conv, layer_norm, register, timm_normal
 
 POS_EMBED_KINDS = ("learned_1d", "learned_2d", "sincos_2d", "none")
 
 
 @register
-class Preprocess(keras.layers.Layer):
+class Preprocess(KeepsFloat, keras.layers.Layer):
     """Maps RGB in [0, 255] to `(x / 255 - mean) / std`, timm's input normalisation."""
 
     def __init__(self, mean, std, **kwargs):
@@ -112,7 +112,7 @@ def pad_to_multiple(x, multiple):
 
 
 @register
-class PrefixTokens(keras.layers.Layer):
+class PrefixTokens(KeepsFloat, keras.layers.Layer):
     """Prepends learned tokens, in timm's order: the class token, DeiT's distillation token,
     then `reg_tokens` register tokens (DINOv2 with registers, the `reg*` ViTs).
 
@@ -252,7 +252,7 @@ def sincos_2d_ops(grid_size, dim, order="timm", temperature=10000.0):
 
 
 @register
-class PositionEmbedding(keras.layers.Layer):
+class PositionEmbedding(KeepsFloat, keras.layers.Layer):
     """Adds a position embedding to (B, prefix + N, D) tokens.
 
     kind:
@@ -379,7 +379,7 @@ class PositionEmbedding(keras.layers.Layer):
 
 
 @register
-class TokenPool(keras.layers.Layer):
+class TokenPool(KeepsFloat, keras.layers.Layer):
     """Reduces (B, T, D) tokens to (B, D).
 
     mode "token": the class token (index 0); "dist": DeiT's distillation token (index 1);
@@ -425,7 +425,7 @@ OUTPUT_FORMATS = ("NHWC", "NCHW", "NLC")  # timm's output_fmt names, and NHWC
 
 
 @register
-class TokenMap(keras.layers.Layer):
+class TokenMap(KeepsFloat, keras.layers.Layer):
     """(tokens (B, prefix + N, D), image (B, H, W, C)) -> the N patch tokens as a map:
     (B, H/P, W/P, D) for "NHWC", (B, D, H/P, W/P) for "NCHW" (timm's layout), (B, N, D) for
     "NLC"; the grid is read from the image's size, so any input size works. With

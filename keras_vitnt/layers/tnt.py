@@ -48,6 +48,7 @@ class PixelEmbed(SharedDtypePolicy, keras.layers.Layer):
             raise ValueError(
                 f"PixelEmbed(legacy=True): patch_size {self.patch_size} must be a multiple of the stride {self.stride}"
             )
+        self.pad.build((None, None, None, c))  # weightless, but model.quantize() wants every layer built
         self.proj.build((None, None, None, c))
         self.pixel_pos = self.add_weight(
             shape=(1, self.words, self.words, self.inner_dim),
