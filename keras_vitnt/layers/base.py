@@ -68,20 +68,30 @@ _FORMS = threading.local()
 
 
 @contextlib.contextmanager
-def square_as_mul():
-    """While tracing inside this context, the norms square with `x * x` instead of
-    `ops.square`. LiteRT fuses square(x - mean) into SQUARED_DIFFERENCE, which its runtime
-    has no int16 kernel for; MUL it has (the int16x8 export traces in this form)."""
-    previous = getattr(_FORMS, "mul", False)
-    _FORMS.mul = True
+def traced_form(name):
+    """While tracing inside this context, layers write one function in another, equal form that
+    an export target needs (`in_form(name)` tells them): "gelu_as_erf", "square_as_mul"."""
+    previous = getattr(_FORMS, name, False)
+    setattr(_FORMS, name, True)
     try:
         yield
     finally:
-        _FORMS.mul = previous
+        setattr(_FORMS, name, previous)
+
+
+def in_form(name):
+    return getattr(_FORMS, name, False)
+
+
+def square_as_mul():
+    """The norms square with `x * x` instead of `ops.square`. LiteRT fuses square(x - mean) into
+    SQUARED_DIFFERENCE, which its runtime has no int16 kernel for; MUL it has (the int16x8
+    export traces in this form)."""
+    return traced_form("square_as_mul")
 
 
 def square(x):
-    return x * x if getattr(_FORMS, "mul", False) else ops.square(x)
+    return x * x if in_form("square_as_mul") else ops.square(x)
 
 
 @register

@@ -1,8 +1,6 @@
 """MLP with exact GELU, per-sample stochastic depth, and the pre-norm transformer block."""
 
-import contextlib
 import math
-import threading
 
 import keras
 from keras import ops
@@ -16,28 +14,28 @@ from keras_vitnt.layers.attention import (
     merge_heads,
     tokens_2d,
 )
-from keras_vitnt.layers.base import KeepsFloat, SharedDtypePolicy, dense, dense_init, layer_norm, register
+from keras_vitnt.layers.base import (
+    KeepsFloat,
+    SharedDtypePolicy,
+    dense,
+    dense_init,
+    in_form,
+    layer_norm,
+    register,
+    traced_form,
+)
 
 
-_GELU_FORM = threading.local()
-
-
-@contextlib.contextmanager
 def gelu_as_erf():
     """While tracing inside this context, exact GELU is written as 0.5 x (1 + erf(x / sqrt 2))
     instead of `ops.gelu` (the same function). TensorFlow's gelu lowers to Erfc, which ONNX
     lacks; Erf it has. LiteRT export keeps `ops.gelu`, which becomes its GELU builtin."""
-    previous = getattr(_GELU_FORM, "erf", False)
-    _GELU_FORM.erf = True
-    try:
-        yield
-    finally:
-        _GELU_FORM.erf = previous
+    return traced_form("gelu_as_erf")
 
 
 def gelu(x):
     """Exact (erf) GELU."""
-    if getattr(_GELU_FORM, "erf", False):
+    if in_form("gelu_as_erf"):
         return 0.5 * x * (1.0 + ops.erf(x * ops.cast(1.0 / math.sqrt(2.0), x.dtype)))
     return ops.gelu(x, approximate=False)
 
