@@ -72,12 +72,13 @@ def layer_statistics(calibrated, samples):
     run on `samples` -> list of dicts (op, tensor, role, rmse_over_scale, ...), in graph order."""
     import tensorflow as tf
 
-    from keras_vitnt.exporter import _as_batches, _quantize
+    from keras_vitnt.litert import as_batches, quantize_calibrated
 
-    batches = _as_batches(samples)
+    batches = as_batches(samples)
     with _quiet():
         debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=_quantize(calibrated, debug=True), debug_dataset=lambda: ([b] for b in batches))
+            quant_debug_model_content=quantize_calibrated(calibrated, debug=True),
+            debug_dataset=lambda: ([b] for b in batches))
         debugger.run()
         buf = io.StringIO()
         debugger.layer_statistics_dump(buf)
@@ -106,23 +107,31 @@ def _finite(text):
 def int8_report(model, representative_data, samples, size, batch_size=1):
     """The report described in the module docstring for a float32 Keras `model` exported at
     `size` (H, W): calibrated on `representative_data`, scored on `samples` (which calibration
-    must not contain). Returns a JSON-ready dict: "layers" (every quantized op), "groups" (end
-    to end with one group in float), "full_int8" and "mixed_int8" (correlation, top-1
-    agreement, max relative error versus Keras)."""
-    from keras_vitnt.exporter import MIXED_INT8_OPS, _calibrate, _litert_converter, _quantize, mixed_int8_floats, \
-        parity_report, run_litert
+    must not contain). Returns a JSON-ready dict: "layers" (every quantized op), "groups" (per
+    op group: end to end with that group in float, and under "alone" with only that group in
+    int8), "full_int8" and "mixed_int8" (correlation, top-1 agreement, max relative error
+    versus Keras)."""
+    from keras_vitnt.litert import (
+        MIXED_INT8_OPS,
+        calibrate,
+        litert_converter,
+        mixed_int8_floats,
+        parity_report,
+        quantize_calibrated,
+        run_litert,
+    )
 
     samples = np.asarray(samples, "float32")
     reference = np.asarray(model.predict(samples, verbose=0, batch_size=8))
     with _quiet():
-        calibrated = _calibrate(_litert_converter(model, "int8", representative_data, batch_size, size))
+        calibrated = calibrate(litert_converter(model, "int8", representative_data, batch_size, size))
     layers = layer_statistics(calibrated, samples)
 
     def score(**denylist):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "m.tflite")
             with _quiet(), open(path, "wb") as f:
-                f.write(_quantize(calibrated, **denylist))
+                f.write(quantize_calibrated(calibrated, **denylist))
             out = parity_report(reference, run_litert(path, samples))
         return {k: out[k] for k in ("correlation", "top1_agreement", "max_relative_error") if k in out}
 
@@ -131,13 +140,13 @@ def int8_report(model, representative_data, samples, size, batch_size=1):
         tensors = [row["tensor"] for row in layers if row["role"] == role]
         others = [row["tensor"] for row in layers if row["role"] != role]
         if tensors:
-            groups.append({"float": role, "description": description, "quantized_ops": len(tensors),
+            groups.append({"group": role, "description": description, "quantized_ops": len(tensors),
                            **score(denylisted_nodes=tensors),
                            # the converse: this group alone in int8, every other op in float
                            "alone": score(denylisted_nodes=others)})
     floats = mixed_int8_floats(calibrated)
     return {
-        "samples": int(len(samples)),
+        "samples": len(samples),
         "full_int8": score(),
         "groups": groups,
         "mixed_int8": {"integer_ops": list(MIXED_INT8_OPS), "float_ops": floats["denylisted_ops"],
@@ -194,10 +203,10 @@ def report_figure(report, path, title=None):
         return max(1.0 - correlation, 1e-6)
 
     left.barh(ys + 0.2, [gap(g["alone"]["correlation"]) for g in groups], height=0.4,
-              color=[colors[g["float"]] for g in groups], label="this group alone in int8")
+              color=[colors[g["group"]] for g in groups], label="this group alone in int8")
     left.barh(ys - 0.2, [gap(g["correlation"]) for g in groups], height=0.4, color="lightgray",
               label="all int8 but this group")
-    left.set_yticks(ys, [g["float"] for g in groups])
+    left.set_yticks(ys, [g["group"] for g in groups])
     left.axvline(gap(full), color="black", linestyle="--", label=f"full int8 (correlation {full:.3f})")
     left.axvline(gap(mixed), color="tab:green", linestyle=":", label=f"mixed_int8 ({mixed:.4f})")
     left.set_xscale("log")

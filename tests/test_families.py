@@ -84,9 +84,10 @@ def _tiny(name):
     return model
 
 
-def test_every_block_kind_saves_and_loads_in_a_new_process_and_keeps_rank_4(tmp_path):
-    """Each block kind and norm: a .keras file (two of them saved under mixed_bfloat16) loads in a
-    fresh process with plain Keras after `import keras_vitnt` and gives the same outputs; the
+def test_every_block_kind_saves_and_loads_in_a_new_process_and_keeps_rank_4(tmp_path, fast_quantize):
+    """Each block kind and norm: a .keras file (two of them saved under mixed_bfloat16, the others
+    also as int8 copies made by `model.quantize`) loads in a fresh process with plain Keras after
+    `import keras_vitnt` and gives the same outputs; the
     inference graph has no tensor of rank > 4; attention maps come out of every block kind."""
     bf16 = ("vit_small_patch16_18x2_224", "aimv2_large_patch14_224")
     import subprocess
@@ -102,6 +103,12 @@ def test_every_block_kind_saves_and_loads_in_a_new_process_and_keeps_rank_4(tmp_
             model = _tiny(name)
         expected[name] = np.asarray(model.predict_on_batch(x), "float32")
         model.save(tmp_path / f"{name}.keras")
+        if name not in bf16:  # an int8 copy (model.quantize), whose quantized sub-layers must come back int8
+            q = keras.models.clone_model(model)
+            q.set_weights(model.get_weights())
+            q.quantize("int8")
+            expected[name + "_int8"] = np.asarray(q.predict_on_batch(x), "float32")
+            q.save(tmp_path / f"{name}_int8.keras")
         op, rank = max_graph_rank(model, (32, 32, 3))
         assert rank <= 4, f"{name}: {op} has rank {rank}"
         maps = vz.attention_maps(model, x[:1])
@@ -110,8 +117,10 @@ def test_every_block_kind_saves_and_loads_in_a_new_process_and_keeps_rank_4(tmp_
     code = f"""
 import sys, numpy as np, keras, keras_vitnt
 io = np.load({str(tmp_path / "io.npz")!r})
-for name in {list(BLOCK_KINDS)!r}:
+for name in {list(expected)!r}:
     model = keras.models.load_model({str(tmp_path)!r} + "/" + name + ".keras")
+    dense = [l for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.Dense)]
+    assert all((l.quantization_mode == "int8") == name.endswith("_int8") for l in dense), name
     # nested layers (lists of branches too) keep the saved policy in a float32 process
     policies = {{layer.dtype_policy.name for block in model.layers if block.name.startswith("blocks_")
                 for layer in block._flatten_layers()}}
@@ -123,7 +132,7 @@ for name in {list(BLOCK_KINDS)!r}:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    assert len(out.stdout.splitlines()) == len(BLOCK_KINDS)
+    assert len(out.stdout.splitlines()) == len(expected) > len(BLOCK_KINDS)
 
 
 def test_aimv2_swiglu_rmsnorm_exports_to_litert(tmp_path):

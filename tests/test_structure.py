@@ -13,7 +13,7 @@ TIERS = [
     {"layers", "io_utils", "precision", "optimizers", "data"},  # know nothing of checkpoints or the registry
     {"weights"},  # checkpoints, the hub, timm_map.py: which timm tensor is which Keras weight
     {"models"},  # configs, registry, weights resolver, trunks, builder, constructors
-    {"exporter", "features", "visualize", "train", "benchmark", "demo"},
+    {"litert", "exporter", "quantization", "features", "visualize", "train", "benchmark", "demo"},
     {"cli"},
 ]
 
