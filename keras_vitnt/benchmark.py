@@ -348,9 +348,24 @@ def bench_memory(models, batch, threads):
     return lines
 
 
-def bench_litert(models, threads, rounds):
+def _litert_call(path, x, threads):
+    """A call that runs the .tflite file at `path` on the batch-1 input `x` with one interpreter
+    kept across calls (what a latency measurement times)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    interp = Interpreter(model_path=path, num_threads=threads)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+    def run():
+        interp.set_tensor(inp, x)
+        interp.invoke()
+        return interp.get_tensor(out)
+
+    return run
+
+
+def bench_litert(models, threads, rounds):
     from keras_vitnt.data.samples import photo_crops
     from keras_vitnt.exporter import export
     from keras_vitnt.models import create_model
@@ -367,16 +382,7 @@ def bench_litert(models, threads, rounds):
             for q in QUANTS:
                 path = os.path.join(tmp, f"{name}_{q}.tflite")
                 info[q or "fp32"] = export(model, path, quantization=q)
-                interp = Interpreter(model_path=path, num_threads=threads)
-                interp.allocate_tensors()
-                inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-
-                def run(interp=interp, inp=inp, out=out):
-                    interp.set_tensor(inp, x)
-                    interp.invoke()
-                    return interp.get_tensor(out)
-
-                runners[q or "fp32"] = run
+                runners[q or "fp32"] = _litert_call(path, x, threads)
             med = {k: v * 1000 for k, v in interleaved_medians(runners, rounds).items()}
             for k in runners:
                 r = info.get(k)
@@ -455,9 +461,8 @@ def _quant_rows(label, model, x_score, x_calib, y, threads, rounds, tmp):
     `x_score` (labels `y`, or None) against the fp32 model's own outputs."""
     import keras
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
 
-    from keras_vitnt.exporter import export
+    from keras_vitnt.exporter import export, run_litert
 
     keras_path = os.path.join(tmp, "fp32.keras")
     model.save(keras_path)
@@ -479,20 +484,8 @@ def _quant_rows(label, model, x_score, x_calib, y, threads, rounds, tmp):
     for q in LITERT_QUANTS:
         path = os.path.join(tmp, f"{q or 'fp32'}.tflite")
         export(model, path, quantization=q, sample_data=x_score[:8], representative_data=x_calib)
-        interp = Interpreter(model_path=path, num_threads=threads)
-        interp.allocate_tensors()
-        inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-
-        def run(x, interp=interp, inp=inp, out=out):
-            ys = []
-            for i in range(len(x)):
-                interp.set_tensor(inp, x[i : i + 1])
-                interp.invoke()
-                ys.append(interp.get_tensor(out).copy())
-            return np.concatenate(ys)
-
-        contenders[f"LiteRT {q or 'fp32'}"] = (lambda run=run: run(x_score), lambda run=run: run(one),
-                                              _file_mb(path))
+        contenders[f"LiteRT {q or 'fp32'}"] = (lambda path=path: run_litert(path, x_score, num_threads=threads),
+                                              _litert_call(path, one, threads), _file_mb(path))
     latency = interleaved_medians({k: v[1] for k, v in contenders.items()}, rounds)
     rows = []
     for name, (predict, _, mb) in contenders.items():

@@ -256,7 +256,9 @@ def cmd_export(args):
 def _report_figure_path(out, args):
     """<out>.int8_report.png, checked before any work: --report needs a calibrated --quantize, and an
     existing figure is replaced only with --overwrite."""
-    if args.quantize not in ("int8", "int16x8", "mixed_int8"):
+    from keras_vitnt.litert import CALIBRATED
+
+    if args.quantize not in CALIBRATED:
         raise ValueError(f"--report is for --quantize int8, int16x8 or mixed_int8, not {args.quantize or 'fp32'}")
     figure = out + ".int8_report.png"
     if os.path.lexists(figure) and not args.overwrite:
@@ -270,7 +272,9 @@ def _calibration_images(folder, quant):
     contributes."""
     if not folder:
         return []
-    if quant not in ("int8", "int16x8", "mixed_int8"):
+    from keras_vitnt.litert import CALIBRATED
+
+    if quant not in CALIBRATED:
         raise ValueError(f"--calibration is for a calibrated --quantize (int8, int16x8, mixed_int8), not "
                          f"{quant or 'fp32'}")
     if not os.path.isdir(folder):

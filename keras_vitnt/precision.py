@@ -51,8 +51,9 @@ def float32_copy(model):
     policies = model_policies(model)
     if policies == ["float32"]:
         return model
-    if any(keras_quantized(model)):
-        raise ValueError(f"{model.name} was quantized with model.quantize() ({', '.join(keras_quantized(model))}): "
+    quantized = keras_quantized(model)
+    if quantized:
+        raise ValueError(f"{model.name} was quantized with model.quantize() ({', '.join(quantized)}): "
                          "its int8 weights cannot be converted back to float. Export the float model instead, "
                          "with quantization= (e.g. 'dynamic_int8' or 'int16x8') for LiteRT")
     copy = policy_copy(model, "float32")
