@@ -46,7 +46,13 @@ setup(
             "nbclient",  # executes the Colab notebook in the test suite
             "nbformat",
             "ipykernel",
+            "jax[cpu]>=0.4.30",  # the JAX backend's tests (tests/test_backends.py, JAX distribution)
         ],
+        # Keras 3 backends besides TensorFlow (KERAS_BACKEND=jax / torch); TensorFlow stays installed for
+        # the tf.data recipe and for export, which rebuilds the model on TensorFlow
+        "jax": ["jax[cpu]>=0.4.30"],
+        "jax-cuda": ["jax[cuda12]>=0.4.30"],
+        "torch": ["torch>=2.4"],
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
         "datasets": ["tensorflow-datasets"],
         "litert": ["ai-edge-litert"],

@@ -461,7 +461,9 @@ def build_parser():
     q.add_argument("--cutmix", type=float, default=0.0, help="CutMix factor (0: off)")
     q.add_argument("--mixed-precision", default="none",
                    choices=["none", "auto", "mixed_float16", "mixed_bfloat16"])
-    q.add_argument("--strategy", default="auto", choices=["auto", "mirrored", "tpu", "none"])
+    q.add_argument("--strategy", default="auto",
+                   help="auto (every device), none; TensorFlow: mirrored, tpu, multiworker (TF_CONFIG); JAX: "
+                        "data_parallel, model_parallel[:N] (N devices per model copy). Checked against the backend")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--overrides", default=None, help='architecture overrides as JSON, e.g. \'{"depth": 4}\'')
     q = add("visualize", with_model=True,

@@ -308,6 +308,8 @@ def export(
         FileExistsError, ValueError on bad arguments; ExportParityError when an fp32
         artifact is off by more than 1e-4 relative (the file is not written).
     """
+    import keras
+
     target = _validated_target(path, format, quantization, overwrite, batch_size)
 
     from keras_vitnt.precision import float32_copy, model_policies
@@ -339,18 +341,11 @@ def export(
                                  "image")
             representative_data = _without_scored(np.concatenate(batches), samples)
 
-    with _work_dir(target.path) as tmp:
-        _write_artifact(model, tmp, target, representative_data, size)
-        report = _check_parity(model, tmp, target, samples)
-        if layer_report:
-            from keras_vitnt.quantization import int8_report
-
-            report["int8_layers"] = int8_report(model, representative_data, samples, size,
-                                                batch_size=target.batch_size or 1)
-        meta = {**io, "model": model.name, "source_dtype_policies": policies,
-                "class_names": _class_names(class_names, io), "report": report}
-        meta_tmp = _write_sidecar(tmp, target.format, meta)
-        _move_into_place(tmp, target.path, meta_tmp, target.format, target.overwrite)
+    meta = {**io, "model": model.name, "source_dtype_policies": policies, "class_names": _class_names(class_names, io)}
+    if keras.backend.backend() != "tensorflow":
+        report = _export_through_tensorflow(model, target, samples, representative_data, size, layer_report, meta)
+    else:
+        report = _export_checked(model, target, samples, representative_data, size, layer_report, meta)
     log.info("exported %s (%s, %s): %s", target.path, target.format, target.quantization or "fp32",
              _fmt_report(report))
     return report
@@ -410,10 +405,33 @@ def _write_artifact(model, tmp, target, representative_data, size):
         _write_litert(model, tmp, target.quantization, representative_data, target.batch_size, size)
 
 
-def _check_parity(model, tmp, target, samples):
-    """The artifact at `tmp` run on `samples` beside the Keras model -> the export's report;
-    ExportParityError for an fp32 artifact off by more than FP32_TOLERANCE."""
-    reference = np.asarray(model.predict(samples, verbose=0, batch_size=8))
+def _export_checked(model, target, samples, representative_data, size, layer_report, meta, reference=None,
+                    extra_report=None):
+    """Writes, checks and moves into place the artifact of a TensorFlow-backend `model` -> its report.
+    `reference`: the outputs to check against (default: `model`'s on `samples`)."""
+    with _work_dir(target.path) as tmp:
+        _write_artifact(model, tmp, target, representative_data, size)
+        report = _check_parity(model, tmp, target, samples, reference)
+        report.update(extra_report or {})
+        if layer_report:
+            from keras_vitnt.quantization import int8_report
+
+            report["int8_layers"] = int8_report(model, representative_data, samples, size,
+                                                batch_size=target.batch_size or 1)
+        meta_tmp = _write_sidecar(tmp, target.format, {**meta, "report": report})
+        _move_into_place(tmp, target.path, meta_tmp, target.format, target.overwrite)
+    return report
+
+
+def _outputs(model, samples):
+    return np.asarray(model.predict(samples, verbose=0, batch_size=8))
+
+
+def _check_parity(model, tmp, target, samples, reference=None):
+    """The artifact at `tmp` run on `samples` beside the Keras model (or `reference`, its outputs)
+    -> the export's report; ExportParityError for an fp32 artifact off by more than FP32_TOLERANCE."""
+    if reference is None:
+        reference = _outputs(model, samples)
     try:
         exported = RUNNERS[target.format](tmp, samples)
     except RuntimeError as e:  # e.g. an op the runtime has no kernel for at this precision
@@ -436,6 +454,88 @@ def _check_parity(model, tmp, target, samples):
             report,
         )
     return report
+
+
+# --- from the JAX and PyTorch backends ----------------------------------------------------
+# LiteRT, SavedModel and ONNX are made from TensorFlow graphs. A model on another Keras backend is
+# saved as .keras and rebuilt on TensorFlow in a subprocess (KERAS_BACKEND=tensorflow), which
+# writes the same artefact the TensorFlow backend would, checked against this backend's outputs.
+_ERRORS = {"ValueError": ValueError, "FileExistsError": FileExistsError, "ImportError": ImportError}
+
+
+def _export_through_tensorflow(model, target, samples, representative_data, size, layer_report, meta):
+    import subprocess
+    import sys
+
+    import keras
+
+    backend = keras.backend.backend()
+    with tempfile.TemporaryDirectory(prefix="keras_vitnt_export-") as job:
+        try:
+            model.save(os.path.join(job, "model.keras"))
+        except Exception as e:
+            raise RuntimeError(
+                f"export from the {backend} backend saves the model as .keras and rebuilds it on TensorFlow; saving "
+                f"{model.name!r} failed: {e}. Build the model with KERAS_BACKEND=tensorflow and export it there"
+            ) from e
+        np.save(os.path.join(job, "samples.npy"), samples)
+        np.save(os.path.join(job, "reference.npy"), _outputs(model, samples))
+        if representative_data is not None:
+            np.save(os.path.join(job, "representative.npy"), np.concatenate(as_batches(representative_data)))
+        with open(os.path.join(job, "job.json"), "w") as f:
+            json.dump({"target": dataclasses.asdict(target), "size": list(size), "layer_report": layer_report,
+                       "meta": {**meta, "source_backend": backend}}, f)
+        log.info("exporting from the %s backend: the model is rebuilt on TensorFlow in a subprocess", backend)
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from keras_vitnt.exporter import _tensorflow_worker; "
+             "_tensorflow_worker(sys.argv[1])", job],
+            env={**os.environ, "KERAS_BACKEND": "tensorflow"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            with open(os.path.join(job, "result.json")) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            raise RuntimeError(f"export from the {backend} backend: the TensorFlow subprocess failed (exit code "
+                               f"{proc.returncode}); nothing was written to {target.path}. Its output ends:\n"
+                               f"{proc.stdout[-3000:]}") from None
+    if "error" in result:
+        message = f"{result['error']} (export from the {backend} backend, rebuilt on TensorFlow)"
+        if result["type"] == "ExportParityError":
+            raise ExportParityError(message, result["report"])
+        raise _ERRORS.get(result["type"], RuntimeError)(message)
+    return result["report"]
+
+
+def _tensorflow_worker(job):
+    """The subprocess side of `_export_through_tensorflow` (KERAS_BACKEND=tensorflow): loads the
+    job, checks the rebuilt model against the source backend's outputs, exports; result.json."""
+    import keras
+
+    import keras_vitnt  # noqa: F401  (registers the layers for load_model)
+
+    with open(os.path.join(job, "job.json")) as f:
+        spec = json.load(f)
+    target = _Target(**spec["target"])
+    samples, reference = np.load(os.path.join(job, "samples.npy")), np.load(os.path.join(job, "reference.npy"))
+    rep_path = os.path.join(job, "representative.npy")
+    representative_data = np.load(rep_path) if os.path.exists(rep_path) else None
+    meta = spec["meta"]
+    try:
+        model = keras.models.load_model(os.path.join(job, "model.keras"))
+        rebuild = parity_report(reference, _outputs(model, samples))
+        extra = {"source_backend": meta["source_backend"], "rebuild_relative_error": rebuild["max_relative_error"]}
+        if rebuild["max_relative_error"] > FP32_TOLERANCE:
+            raise ExportParityError(
+                f"the model rebuilt on TensorFlow differs from the {meta['source_backend']} model by "
+                f"{rebuild['max_relative_error']:.2e} (relative, > {FP32_TOLERANCE:g}); nothing was written to "
+                f"{target.path}", {**rebuild, **extra})
+        result = {"report": _export_checked(model, target, samples, representative_data, tuple(spec["size"]),
+                                            spec["layer_report"], meta, reference=reference, extra_report=extra)}
+    except Exception as e:
+        result = {"error": str(e), "type": type(e).__name__, "report": getattr(e, "report", None)}
+    with open(os.path.join(job, "result.json"), "w") as f:
+        json.dump(result, f)
 
 
 def _write_sidecar(tmp, format, meta):

@@ -8,7 +8,10 @@
   pipelines with prefetch.
 - Mixed precision (`mixed_float16` on GPU, `mixed_bfloat16` on CPU/TPU with `auto`); the
   models keep tokens, position embeddings and the head's output in float32 correctly.
-- `tf.distribute`: MirroredStrategy (several GPUs), TPUStrategy (Colab TPU) or none.
+- Distribution: on TensorFlow `tf.distribute`'s MirroredStrategy (several GPUs), TPUStrategy
+  (Colab TPU) or MultiWorkerMirroredStrategy (several machines, from TF_CONFIG); on JAX
+  Keras's distribution API, DataParallel or ModelParallel (LAYOUT_RULES: Megatron-style
+  sharding of the attention and MLP kernels).
 - Checkpoint of the best model, `BackupAndRestore` (a killed run resumes where it
   stopped), CSV + TensorBoard logs, a training-curve PNG and a summary JSON in `out`.
 """
@@ -52,7 +55,7 @@ class TrainConfig:
     mixup: float = 0.0  # alpha; 0 disables
     cutmix: float = 0.0
     mixed_precision: str = "none"  # "none", "auto", "mixed_float16", "mixed_bfloat16"
-    strategy: object = "auto"  # "auto", "mirrored", "tpu", "none", or a tf.distribute.Strategy
+    strategy: object = "auto"  # a name of STRATEGIES[backend], a tf.distribute.Strategy or a keras.distribution one
     val_fraction: float = 0.1
     seed: int = 0
     jit_compile: bool = True
@@ -184,14 +187,54 @@ def make_optimizer(cfg, steps_per_epoch, depth):
     return opt
 
 
+# the recipe's --strategy per Keras backend; "auto": every device this process sees
+STRATEGIES = {
+    "tensorflow": ("auto", "none", "mirrored", "tpu", "multiworker"),
+    "jax": ("auto", "none", "data_parallel", "model_parallel"),  # model_parallel[:N]: N devices per model copy
+    "torch": ("auto", "none"),
+}
+# ModelParallel on JAX (regexes on variable paths -> sharding of each axis): attention's qkv (TNT: qk, v)
+# and fc1 split by output column, attention's proj and fc2 by input row (Megatron-LM's layout: one
+# all-reduce per attention and per MLP); norms, embeddings and the head are replicated
+LAYOUT_RULES = (
+    (r".*/(qkv|qk|v|fc1)/kernel", (None, "model")),
+    (r".*/(qkv|qk|v|fc1)/bias", ("model",)),
+    (r".*/attn\w*/proj/kernel", ("model", None)),
+    (r".*/fc2/kernel", ("model", None)),
+)
+
+
 def get_strategy(name):
-    """A tf.distribute strategy from its CLI name (or a Strategy instance, used as is)."""
+    """The distribution `name` (a STRATEGIES entry of this Keras backend) asks for: a
+    tf.distribute.Strategy on TensorFlow, a keras.distribution.Distribution (or None: one
+    device) on JAX, None on PyTorch. A Strategy or Distribution instance is used as is.
+    On TensorFlow call it before any other TensorFlow op (MultiWorkerMirroredStrategy must be)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if not isinstance(name, str):
+        return name
+    if name not in STRATEGIES.get(backend, ()) and not (backend == "jax" and name.startswith("model_parallel:")):
+        raise ValueError(f"strategy {name!r} is not one for the {backend} backend: choose one of "
+                         f"{STRATEGIES.get(backend)} (set KERAS_BACKEND for the others: "
+                         + "; ".join(f"{b}: {', '.join(n)}" for b, n in STRATEGIES.items() if b != backend) + ")")
+    if backend == "jax":
+        return _jax_distribution(name)
+    if backend != "tensorflow":
+        return None
+    return _tf_strategy(name)
+
+
+def _tf_strategy(name):
     import tensorflow as tf
 
-    if isinstance(name, tf.distribute.Strategy):
-        return name
     if name == "none":
         return tf.distribute.get_strategy()
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--strategy multiworker reads the cluster from the TF_CONFIG environment variable, which "
+                             "is not set: see the README's 'Several machines' for one per worker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     tpu_hint = any(os.environ.get(k) for k in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")) or any(
         n.startswith(("accel", "vfio")) for n in (os.listdir("/dev") if os.path.isdir("/dev") else []))
     # "auto" only probes for a TPU where one is announced: the probe can wait on a metadata server
@@ -209,12 +252,59 @@ def get_strategy(name):
     return tf.distribute.get_strategy()
 
 
+def _jax_distribution(name):
+    """keras.distribution's DataParallel or ModelParallel over this process's devices (None: one device)."""
+    import keras
+
+    devices = keras.distribution.list_devices()
+    if name == "none" or (name == "auto" and len(devices) == 1):
+        return None
+    if name in ("auto", "data_parallel"):
+        return keras.distribution.DataParallel(devices=devices)
+    model = len(devices) if name == "model_parallel" else int(name.split(":", 1)[1])
+    if model < 1 or len(devices) % model:
+        raise ValueError(f"strategy {name!r}: the devices per model copy must divide the {len(devices)} devices")
+    mesh = keras.distribution.DeviceMesh((len(devices) // model, model), ["batch", "model"], devices)
+    return keras.distribution.ModelParallel(layout_map=layout_map(mesh), batch_dim_name="batch")
+
+
+def layout_map(mesh):
+    """A keras.distribution.LayoutMap of LAYOUT_RULES on `mesh` (axes "batch", "model"): for
+    `keras.distribution.ModelParallel` with any keras_vitnt model."""
+    import keras
+
+    layouts = keras.distribution.LayoutMap(mesh)
+    for pattern, axes in LAYOUT_RULES:
+        layouts[pattern] = axes
+    return layouts
+
+
+def _scope(strategy):
+    """The block in which the model is built, compiled and trained."""
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
+
+
 def mixed_precision_policy(name):
+    if name == "auto":
+        return "mixed_float16" if _has_gpu() else "mixed_bfloat16"
+    return None if name == "none" else name
+
+
+def _has_gpu():
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
     import tensorflow as tf
 
-    if name == "auto":
-        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-    return None if name == "none" else name
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 # --- the run -------------------------------------------------------------------------
@@ -405,25 +495,59 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
     completed epoch (BackupAndRestore); a finished run is loaded and returned as it is
     (`status="finished"`), or continued to `cfg.epochs` when that grew; a run with other
     settings, or a folder that is not a run, is refused. `overwrite=True` replaces an earlier
-    run (removing only the files a run writes)."""
+    run (removing only the files a run writes).
+
+    With `strategy="multiworker"` every worker runs this with the same `cfg`; the chief writes
+    `cfg.out`, the other workers a folder of their own in the temporary directory (kept until
+    the run finishes, so that a restarted worker resumes with the chief)."""
     import keras
 
+    worker = secondary_worker(cfg)
+    if worker is not None:
+        cfg = dataclasses.replace(cfg, out=_worker_out(cfg.out, worker))
     state = run_state(cfg, overwrite)
     if state == "finished":
         log.info("%s: finished earlier; loaded as it is (pass more epochs to continue it)", cfg.out)
         return _finished_result(cfg)
+    strategy = get_strategy(cfg.strategy)  # first: MultiWorkerMirroredStrategy wants it before any other op
     keras.utils.set_random_seed(cfg.seed)
     image_size = default_image_size(cfg)
     _prepare_folder(cfg, state)
-    with _global_dtype_policy(cfg.mixed_precision) as policy:
+    with _global_dtype_policy(cfg.mixed_precision) as policy, _scope(strategy):
         data = _datasets(cfg, image_size)
-        model, initial_epoch = _compiled_model(cfg, state, data, image_size)
+        model, initial_epoch = _compiled_model(cfg, state, data, image_size, strategy)
         callbacks = _callbacks(cfg, extra_callbacks)
         log.info("training %s on %s: %d classes, %d steps/epoch, epochs %d..%d, %s", model.name, cfg.data,
                  len(data.class_names), data.steps, initial_epoch, cfg.epochs, policy or "float32")
-        model.fit(data.train, validation_data=data.val, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=verbose)
-    return _finish(cfg, state, model, data, image_size)
+        with _multiworker_fixes(model, data, cfg.strategy == "multiworker"):
+            model.fit(data.train, validation_data=data.val, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=verbose)
+            result = _finish(cfg, state, model, data, image_size)
+    if worker is not None:  # the chief has the run; a secondary worker's copy goes
+        shutil.rmtree(cfg.out, ignore_errors=True)
+        result.out = None
+    return result
+
+
+def secondary_worker(cfg):
+    """The task index of a multi-worker run's worker that is not the chief (TF_CONFIG's "chief",
+    else worker 0), or None."""
+    if cfg.strategy != "multiworker":
+        return None
+    spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task, cluster = spec.get("task", {}), spec.get("cluster", {})
+    if task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                       and "chief" not in cluster):
+        return None
+    return int(task.get("index", 0))
+
+
+def _worker_out(out, index):
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"keras_vitnt-worker{index}-{key}")
 
 
 @dataclasses.dataclass
@@ -471,13 +595,12 @@ def _datasets(cfg, image_size):
     return _Data(train_ds, val_ds, class_names, steps)
 
 
-def _compiled_model(cfg, state, data, image_size):
+def _compiled_model(cfg, state, data, image_size, strategy):
     """The model, compiled in the run's distribution strategy -> (model, initial epoch): a new one,
     or, to continue a finished run, that run's model with its optimizer state."""
     import keras
 
-    strategy = get_strategy(cfg.strategy)
-    with strategy.scope():
+    with _scope(strategy):
         if state == "continue":
             # the finished model itself (its weights, normalisation and head): no download, no conversion
             model = keras.models.load_model(os.path.join(cfg.out, "model.keras"))
@@ -495,17 +618,62 @@ def _compiled_model(cfg, state, data, image_size):
 def _compile(model, cfg, steps_per_epoch, strategy):
     """The recipe's optimizer, loss and metric; call inside `strategy.scope()`."""
     import keras
-    import tensorflow as tf
 
     depth = sum(1 for layer in model.layers if layer.name.startswith("blocks_"))
     model.compile(
         optimizer=make_optimizer(cfg, steps_per_epoch, depth),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        # XLA per replica on one device; TPUs compile on their own
-        jit_compile=cfg.jit_compile and strategy.num_replicas_in_sync == 1
-        and not isinstance(strategy, tf.distribute.TPUStrategy),
+        jit_compile=_jit_compile(cfg, strategy),
     )
+
+
+@contextlib.contextmanager
+def _multiworker_fixes(model, data, active):
+    """Two places where Keras 3's TensorFlow trainer fails under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585), mended for the recipe's fit and evaluate only:
+    1. fit averages a first batch across replicas to build the model symbolically
+       (`_maybe_symbolic_build`): the model, optimizer, loss and metrics are built here from the
+       dataset's element spec instead, in the strategy's scope, where fit then finds the strategy;
+    2. the logs (scalars) are averaged across workers along axis 0, which a scalar lacks: they are
+       averaged as scalars."""
+    if not active:
+        yield
+        return
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    model._symbolic_build(data_batch=data.train.element_spec)
+    model.optimizer.build(model.trainable_variables)
+    model._distribute_strategy = None
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None),
+                                         values)
+        return original(values, strategy, reduction)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original
+
+
+def _jit_compile(cfg, strategy):
+    """XLA on TensorFlow (one device: per replica; TPUs compile on their own) and JAX. Not torch.compile on
+    PyTorch: it recompiles Keras's train step again and again (the 2-epoch digits run: 155 s, 6 s without)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if not cfg.jit_compile or backend == "torch":
+        return False
+    if backend == "jax":
+        return True
+    import tensorflow as tf
+
+    return strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.TPUStrategy)
 
 
 def _callbacks(cfg, extra_callbacks):

@@ -62,14 +62,15 @@ def _run_blocks(model, images, blocks_wanted=None):
     state = stem.predict_on_batch(images)
     outs = []
     last = max(blocks_wanted) if blocks_wanted else len(blocks) - 1
+    numpy = keras.ops.convert_to_numpy  # any backend's tensors (torch's carry autograd: np.asarray refuses them)
     for block in blocks[: last + 1]:
         if isinstance(block, TNTBlock):
-            p, x, wi, wo = block([state[0], state[1]], return_attention_scores=True)
+            p, x, wi, wo = (numpy(t) for t in block([state[0], state[1]], return_attention_scores=True))
             state = [p, x]
-            outs.append((np.asarray(p), np.asarray(x), np.asarray(wi), np.asarray(wo)))
+            outs.append((p, x, wi, wo))
         else:
-            state, w = block(state, return_attention_scores=True)
-            outs.append((np.asarray(state), np.asarray(w)))
+            state, w = (numpy(t) for t in block(state, return_attention_scores=True))
+            outs.append((state, w))
     return outs
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from keras_vitnt import demo
 from keras_vitnt.train import TrainConfig, layer_id, read_log, train
+from timm_oracle import relative_error
 
 # measured with these seeds and epochs (15 / 20): ViT 0.944, TNT see the test output;
 # the full demo (ViT 40 epochs, TNT 30) reaches 0.961 and 0.967
@@ -148,6 +149,86 @@ print("OUT", m.predict_on_batch(np.zeros((1, 16, 16, 3), "float32")).shape)
 """
     proc = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OUT (1, 10)" in proc.stdout, proc.stderr[-3000:]
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def _distributed_run(prefix, *strategies, env=None, wait=True):
+    script = os.path.join(os.path.dirname(__file__), "distributed_run.py")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    proc = subprocess.Popen([sys.executable, script, str(prefix), *strategies], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    return proc.communicate(timeout=600)[0] if wait else proc
+
+
+def _read_run(path):
+    import json
+
+    with open(path) as f:
+        run = json.load(f)
+    run["predictions"] = np.asarray(run["predictions"])
+    return run
+
+
+def test_multiworker_run_on_two_processes_matches_one_process(tmp_path):
+    """MultiWorkerMirroredStrategy from TF_CONFIG, two workers on 127.0.0.1, one CPU each: the same
+    global batch as a one-process run, so the same training to float rounding; the chief writes the
+    run, the other worker leaves nothing behind."""
+    import json
+
+    from distributed_run import main as run_here
+
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [_distributed_run(tmp_path / "mw", "multiworker", wait=False, env={"TF_CONFIG": json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": i}})}) for i in range(2)]
+    run_here(str(tmp_path / "one"), ["none"])  # meanwhile, the one-process run here
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs[0][-3000:] + outputs[1][-3000:]
+    one, chief = _read_run(tmp_path / "one-none.json"), _read_run(tmp_path / "mw-multiworker.json")
+    worker = _read_run(tmp_path / "mw-multiworker.worker.json")
+    assert one["val_accuracy"] > 0.15  # it trained: chance is 0.1, the untrained model ~0.1
+    assert relative_error(chief["predictions"], one["predictions"]) < 1e-5
+    assert np.array_equal(worker["predictions"], chief["predictions"])
+    assert chief["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert {"model.keras", "summary.json", "log.csv"} <= set(os.listdir(tmp_path / "mw-multiworker"))
+    assert worker["out"] is None and not os.path.exists(
+        __import__("keras_vitnt.train", fromlist=["_worker_out"])._worker_out(str(tmp_path / "mw-multiworker"), 1))
+
+
+def test_jax_data_and_model_parallel_match_one_device(tmp_path):
+    """Keras's distribution API on JAX, two host devices: DataParallel and ModelParallel (the Megatron
+    layout of LAYOUT_RULES) train as one device does, with the kernels split as the rules say."""
+    out = _distributed_run(tmp_path / "j", "none", "data_parallel", "model_parallel", env={
+        "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    runs = {s: _read_run(tmp_path / f"j-{s}.json") if os.path.exists(tmp_path / f"j-{s}.json") else None
+            for s in ("none", "data_parallel", "model_parallel")}
+    assert all(runs.values()), out[-4000:]
+    assert runs["none"]["devices"] == 2 and runs["none"]["val_accuracy"] > 0.15
+    for strategy in ("data_parallel", "model_parallel"):
+        assert relative_error(runs[strategy]["predictions"], runs["none"]["predictions"]) < 1e-4, strategy
+    assert runs["data_parallel"]["layouts"] == {"qkv": "P()", "fc2": "P()", "norm": "P()"}
+    assert runs["model_parallel"]["layouts"] == {"qkv": "P(None, 'model')", "fc2": "P('model',)", "norm": "P()"}
+
+
+def test_a_strategy_of_another_backend_or_without_its_cluster_is_refused(monkeypatch):
+    from keras_vitnt.train import get_strategy
+
+    with pytest.raises(ValueError, match="not one for the tensorflow backend.*jax: auto, none, data_parallel"):
+        get_strategy("data_parallel")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        get_strategy("multiworker")
 
 
 def test_notebook_runs_its_documented_path_offline(tmp_path):

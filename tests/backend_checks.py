@@ -1,0 +1,124 @@
+"""Run by tests/test_backends.py in a new process with KERAS_BACKEND=jax or torch:
+
+    KERAS_BACKEND=jax python tests/backend_checks.py WORK_DIR
+
+WORK_DIR holds what the TensorFlow-side test prepared (timm checkpoints at one block, the
+input and timm's logits: cases.json, *.safetensors, *.npy). Every check's outcome is written
+to WORK_DIR/<backend>.json; the test asserts on it. A .keras file of a small ViT and TNT saved
+by an earlier backend (`<backend>_saved_*.keras`) is loaded and compared, and this backend
+saves its own for the next one.
+
+One process per backend runs every check, in the order that matters: first everything that
+must not import TensorFlow (models, weights, maps, features, fit on arrays), then what may
+(the tf.data recipe and the export, which runs TensorFlow in a subprocess).
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def relative_error(a, b):
+    return float(np.max(np.abs(np.asarray(a, "float64") - b)) / np.max(np.abs(b)))
+
+
+def main(work):
+    import keras
+
+    backend = keras.backend.backend()
+    out = {"backend": backend, "times": {}}
+    t0 = time.time()
+
+    import keras_vitnt
+    from keras_vitnt import feature_extractor
+    from keras_vitnt.visualize import attention_maps, attention_rollout, tnt_inner_maps
+
+    cases = json.load(open(os.path.join(work, "cases.json")))
+    x = np.load(os.path.join(work, "x.npy"))
+    # 1. timm parity from the checkpoint files (the hub weights' path)
+    out["parity"] = {}
+    models = {}
+    for name, kwargs in cases.items():
+        model = keras_vitnt.create_model(name, weights=os.path.join(work, name + ".safetensors"),
+                                         include_preprocessing=False, classifier_activation=None, **kwargs)
+        models[name] = model
+        out["parity"][name] = relative_error(model.predict_on_batch(x), np.load(os.path.join(work, name + ".npy")))
+    out["times"]["parity"] = time.time() - t0
+
+    # 2. attention maps, rollout, TNT inner maps, feature extractor
+    vit, tnt = models["vit_small_patch16_224"], models["tnt_s_patch16_224"]
+    maps = attention_maps(vit, x[:1])
+    out["attention_rows_sum"] = float(np.max(np.abs(maps.sum(-1) - 1.0)))
+    out["attention_shape"] = list(maps.shape)
+    heat = attention_rollout(vit, x[0])
+    out["rollout"] = {"shape": list(heat.shape), "max": float(heat.max()), "min": float(heat.min())}
+    inner = tnt_inner_maps(tnt, x[0])
+    out["tnt_inner_shape"] = list(np.asarray(inner).shape)
+    feats = feature_extractor(vit, indices=1, output_fmt="NLC").predict_on_batch(x)
+    # the last block's patch tokens, before the final norm: the model's own pre-norm tokens
+    out["features_shape"] = list(np.asarray(feats).shape)
+    np.save(os.path.join(work, f"{backend}_features.npy"), np.asarray(feats))
+
+    # 3. one fit step on arrays (the model learns: the loss on the batch goes down)
+    small = keras_vitnt.ViT("Ti/16", input_shape=(32, 32, 3), patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                            classes=3, include_preprocessing=False, weights=None)
+    small.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((8, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 8)
+    before = float(small.evaluate(xs, ys, verbose=0))
+    small.fit(xs, ys, epochs=5, batch_size=8, verbose=0)
+    out["fit_loss"] = [before, float(small.evaluate(xs, ys, verbose=0))]
+
+    # Keras's .keras saving imports TensorFlow where it is installed (serialization_lib checks for
+    # tf.TensorShape): keras_vitnt's own paths above must not
+    out["tensorflow_imported"] = "tensorflow" in sys.modules
+
+    # 4. .keras files: the previous backend's load here with the same outputs; ours for the next
+    out["loaded"] = {}
+    for kind, model in (("vit", vit), ("tnt", tnt)):
+        for name in sorted(os.listdir(work)):
+            if name.endswith(f"_saved_{kind}.keras"):
+                loaded = keras.models.load_model(os.path.join(work, name))
+                ref = np.load(os.path.join(work, name[: -len(".keras")] + ".npy"))
+                out["loaded"][name] = relative_error(loaded.predict_on_batch(x), ref)
+        model.save(os.path.join(work, f"{backend}_saved_{kind}.keras"))
+        np.save(os.path.join(work, f"{backend}_saved_{kind}.npy"), np.asarray(model.predict_on_batch(x)))
+    out["times"]["maps_fit_save"] = time.time() - t0 - out["times"]["parity"]
+
+    # 5. the recipe (tf.data pipelines: TensorFlow comes in here, for data only)
+    from keras_vitnt import demo
+    from keras_vitnt.train import train
+
+    t1 = time.time()
+    result = train(demo.demo_config("vit", os.path.join(work, f"{backend}_runs"), 2), verbose=0)
+    out["recipe"] = {"val_accuracy": result.val_accuracy, "epochs_run": result.epochs_run,
+                     "files": sorted(os.listdir(result.out))}
+    reloaded = keras.models.load_model(os.path.join(result.out, "model.keras"))
+    digits = np.load(os.path.join(work, "digits.npy"))
+    out["recipe"]["reload_error"] = relative_error(reloaded.predict_on_batch(digits),
+                                                   np.asarray(result.model.predict_on_batch(digits)))
+    out["times"]["recipe"] = time.time() - t1
+
+    # 6. export from this backend: the same artefact as from TensorFlow, checked against this model
+    t1 = time.time()
+    out["export"] = {}
+    for fmt, path in (("litert", "vit.tflite"), ("onnx", "vit.onnx")):
+        path = os.path.join(work, f"{backend}_{path}")
+        try:
+            report = keras_vitnt.export(vit, path, format=fmt, sample_data=x)
+            out["export"][fmt] = {"max_relative_error": report["max_relative_error"],
+                                  "source_backend": report.get("source_backend"),
+                                  "exists": os.path.exists(path)}
+        except Exception as e:  # reported, the test names it
+            out["export"][fmt] = {"error": f"{type(e).__name__}: {e}"}
+    out["times"]["export"] = time.time() - t1
+    out["times"]["total"] = time.time() - t0
+    with open(os.path.join(work, f"{backend}.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

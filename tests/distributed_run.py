@@ -1,0 +1,44 @@
+"""Run by tests/test_train.py's distribution tests in new processes:
+
+    python tests/distributed_run.py OUT_PREFIX STRATEGY [STRATEGY ...]
+
+trains the same small ViT on the bundled digits with the recipe, once per strategy (in this
+process, one after another, into OUT_PREFIX-<strategy>), and writes OUT_PREFIX-<strategy>.json
+with the run's log, its predictions on 64 test digits and, on JAX, how the attention and MLP
+kernels are laid out on the devices.
+"""
+
+import json
+import sys
+
+import numpy as np
+
+
+def main(prefix, strategies):
+    import keras
+
+    from keras_vitnt.data.digits import load_digits
+    from keras_vitnt.train import TrainConfig, train
+
+    (_, _), (x_test, _) = load_digits(size=16)
+    for strategy in strategies:
+        out = f"{prefix}-{strategy.replace(':', '_')}"
+        # no augmentation, no drop path: the same data and computation on every replica count
+        cfg = TrainConfig(model="vit:Ti/4", weights="none", data="digits", image_size=16, epochs=2, warmup_epochs=0,
+                          batch_size=64, lr=2e-3, augment="none", flip=False, drop_path_rate=0.0, out=out,
+                          strategy=strategy, overrides=dict(embed_dim=48, depth=2, num_heads=3))
+        result = train(cfg, verbose=0)
+        report = {"out": result.out, "val_accuracy": result.val_accuracy, "loss": result.history["loss"],
+                  "predictions": np.asarray(result.model.predict_on_batch(x_test[:64])).tolist()}
+        if keras.backend.backend() == "jax":
+            block = result.model.get_layer("blocks_0")
+            report["devices"] = len(keras.distribution.list_devices())
+            report["layouts"] = {name: str(getattr(v.value.sharding, "spec", "replicated")) for name, v in
+                                 (("qkv", block.attn.qkv.kernel), ("fc2", block.mlp.fc2.kernel),
+                                  ("norm", block.norm1.gamma))}
+        with open(out + (".json" if result.out else ".worker.json"), "w") as f:  # a multi-worker run's other workers
+            json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

@@ -1,0 +1,112 @@
+"""Keras 3's JAX and PyTorch backends: each runs tests/backend_checks.py in a new process
+(KERAS_BACKEND=jax, then torch) on inputs this TensorFlow process prepares, and the tests
+here assert on what it reports: timm parity, maps and features, fit, the recipe, .keras files
+across backends, export, and no TensorFlow import on the model/weights/maps path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from timm_oracle import normalised_images, perturbed_timm_model, relative_error, save_checkpoint, timm_logits
+
+BACKENDS = ("jax", "torch")  # in this order: torch loads what jax saved, this process what torch saved
+CASES = {"vit_small_patch16_224": {"depth": 1}, "deit_small_distilled_patch16_224": {"depth": 1},
+         "tnt_s_patch16_224": {"depth": 1}}
+TOL = 1e-5  # test_parity's: a wrong eps, GELU or scale is 1e-4 off
+
+
+@pytest.fixture(scope="module")
+def backend_runs(tmp_path_factory):
+    """{backend: its report}, and the work folder."""
+    from keras_vitnt.data.digits import load_digits
+    from keras_vitnt.demo import IMAGE_SIZE
+
+    work = tmp_path_factory.mktemp("backends")
+    x = normalised_images(2, 224, 224)
+    np.save(work / "x.npy", x)
+    for name, kwargs in CASES.items():
+        tm = perturbed_timm_model(name, num_classes=1000, **kwargs)
+        save_checkpoint(tm, work / f"{name}.safetensors")
+        np.save(work / f"{name}.npy", timm_logits(tm, x))
+    (json.dump(CASES, open(work / "cases.json", "w")))
+    (_, _), (x_test, _) = load_digits(size=IMAGE_SIZE)
+    np.save(work / "digits.npy", x_test[:16])
+    reports = {}
+    for backend in BACKENDS:
+        env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
+        proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "backend_checks.py"),
+                               str(work)], env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{backend}: {proc.stderr[-4000:]}"
+        reports[backend] = json.load(open(work / f"{backend}.json"))
+        print(backend, reports[backend]["times"])
+    return reports, work
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timm_parity_on_every_backend(backend_runs, backend):
+    reports, _ = backend_runs
+    report = reports[backend]
+    assert report["backend"] == backend
+    assert set(report["parity"]) == set(CASES)
+    assert max(report["parity"].values()) <= TOL, report["parity"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_weights_and_maps_do_not_import_tensorflow(backend_runs, backend):
+    reports, work = backend_runs
+    report = reports[backend]
+    assert report["tensorflow_imported"] is False
+    assert report["attention_shape"] == [1, 1, 6, 197, 197]
+    assert report["attention_rows_sum"] < 1e-4  # softmax rows
+    assert report["rollout"]["shape"] == [224, 224] and report["rollout"]["max"] == pytest.approx(1.0)
+    assert report["tnt_inner_shape"] == [224, 224]  # the inner maps stitched back to the image
+    # the same features as TensorFlow's extractor on the same weights
+    import keras
+
+    import keras_vitnt
+
+    model = keras.models.load_model(work / "jax_saved_vit.keras")
+    x = np.load(work / "x.npy")
+    ours = keras_vitnt.feature_extractor(model, indices=1, output_fmt="NLC").predict_on_batch(x)
+    assert report["features_shape"] == [2, 196, 384]
+    assert relative_error(np.load(work / f"{backend}_features.npy"), np.asarray(ours)) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_and_the_recipe_train_on_every_backend(backend_runs, backend):
+    report = backend_runs[0][backend]
+    before, after = report["fit_loss"]
+    assert after < 0.5 * before
+    recipe = report["recipe"]
+    assert recipe["epochs_run"] == 2
+    assert recipe["val_accuracy"] > 0.25  # 10 classes: chance is 0.1; 2 warmup epochs: TensorFlow gets 0.34
+    assert {"model.keras", "best.keras", "summary.json", "log.csv", "curves.png"} <= set(recipe["files"])
+    assert "backup" not in recipe["files"]
+    assert recipe["reload_error"] < 1e-6
+
+
+def test_keras_files_move_between_backends(backend_runs):
+    """jax saves -> torch loads; torch saves -> TensorFlow (here) loads; same outputs."""
+    import keras
+
+    reports, work = backend_runs
+    assert sorted(reports["torch"]["loaded"]) == ["jax_saved_tnt.keras", "jax_saved_vit.keras"]
+    assert max(reports["torch"]["loaded"].values()) < 1e-5
+    x = np.load(work / "x.npy")
+    for backend in BACKENDS:
+        for kind in ("vit", "tnt"):
+            model = keras.models.load_model(work / f"{backend}_saved_{kind}.keras")
+            assert relative_error(model.predict_on_batch(x), np.load(work / f"{backend}_saved_{kind}.npy")) < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_from_every_backend(backend_runs, backend):
+    report = backend_runs[0][backend]["export"]
+    for fmt in ("litert", "onnx"):
+        assert "error" not in report[fmt], report[fmt]
+        assert report[fmt]["exists"] and report[fmt]["source_backend"] == backend
+        assert report[fmt]["max_relative_error"] < 1e-4
