@@ -31,7 +31,7 @@ test-all: $(VENV)/.stamp-test
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/keras-vitnt demo --overwrite
 
-# the README's performance and quantisation tables (about 40 minutes on 2 cores); needs timm, hence the test extra
+# the README's performance, quantisation and backend tables (about 55 minutes on 2 cores); needs timm (and jax), hence the test extra
 benchmark: $(VENV)/.stamp-test
 	$(VENV)/bin/keras-vitnt benchmark --rounds 5 --overwrite
 

@@ -1,6 +1,6 @@
 """`keras-vitnt benchmark`: keras_vitnt next to timm, side by side in one run.
 
-    keras-vitnt benchmark [--sections inference training memory litert bf16 quant]
+    keras-vitnt benchmark [--sections inference training memory litert bf16 quant backends]
                           [--models ...] [--batches 1 16] [--threads 2] [--rounds 3]
                           [--out benchmarks/results.md] [--overwrite]
 
@@ -22,6 +22,12 @@ same run are stable. Sections:
 - bf16: accuracy of mixed_bfloat16 against fp32: logit error and top-1 agreement on the
   real digits images for the demo's trained ViT and TNT, and the logit error of the
   ImageNet-size models on real photos.
+- backends: the same models on Keras's TensorFlow, JAX and PyTorch backends, one fresh process
+  per backend: inference fp32 and mixed_bfloat16 (`predict_on_batch`: a tf.function on
+  TensorFlow, jitted on JAX, eager on PyTorch, and with `jit_compile=True`, i.e.
+  torch.compile, on PyTorch) and an AdamW training step (the recipe's settings: XLA on
+  TensorFlow and JAX, eager on PyTorch), each next to timm (fp32 eager, bf16 autocast, its
+  AdamW step) interleaved in the same process, so that the ratios to timm compare backends.
 - quant: every way to make a model smaller, per model and mode: Keras fp32, mixed_bfloat16,
   `model.quantize("int8" | "int4" | "float8")`, and LiteRT fp32 / float16 / dynamic_int8 /
   int8 / int16x8 / mixed_int8: file size, batch-1 latency, correlation and top-1 agreement
@@ -59,7 +65,8 @@ INFERENCE_MODELS = [
 ]
 TRAIN_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
 LITERT_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
-SECTIONS = ("inference", "training", "memory", "litert", "bf16", "quant")
+SECTIONS = ("inference", "training", "memory", "litert", "bf16", "quant", "backends")
+BACKENDS = ("tensorflow", "jax", "torch")
 QUANT_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
 KERAS_QUANTS = ("int8", "int4", "float8")  # model.quantize modes (gptq/awq need a calibration structure)
 LITERT_QUANTS = (None, "float16", "dynamic_int8", "int8", "int16x8", "mixed_int8")
@@ -528,6 +535,104 @@ def bench_quant(models, weights, threads, rounds):
     return lines
 
 
+def _timm_runners(name, batch):
+    """timm fp32 eager, bf16 autocast eager, and an AdamW step: the in-process references."""
+    import numpy as np
+    import torch
+
+    tm = torch_model(name).eval()
+    size = tm.pretrained_cfg["input_size"][1]
+    xt = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
+
+    def fp32():
+        with torch.inference_mode():
+            tm(xt)
+
+    def bf16():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            tm(xt)
+
+    return {"timm": fp32, "timm_bf16": bf16}, _torch_train_step(name, batch)
+
+
+def backend_child(models, batch, rounds, threads):
+    """Runs in a fresh process under KERAS_BACKEND: prints one JSON row per model."""
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        set_threads(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    for name in models:
+        km = keras_model(name)
+        kb = keras_model(name, policy="mixed_bfloat16")
+        kb.set_weights(km.get_weights())
+        size = km.input_shape[1]
+        x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
+        runners, timm_step = _timm_runners(name, batch)
+        runners.update({"fp32": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x)})
+        row = {"backend": backend, "model": name, "batch": batch}
+        if backend == "torch":  # Keras's jit_compile on PyTorch is torch.compile; its first call compiles
+            kc = keras_model(name)
+            kc.set_weights(km.get_weights())
+            kc.compile(jit_compile=True)
+            t0 = time.perf_counter()
+            kc.predict_on_batch(x)
+            row["compile_s"] = time.perf_counter() - t0
+            runners["fp32_compiled"] = lambda: kc.predict_on_batch(x)
+        times = interleaved_times(runners, rounds)
+        for key, v in times.items():
+            row[key] = batch / statistics.median(v)
+        for key in ("fp32", "fp32_compiled"):
+            if key in times:
+                row[key + "_ratio"] = speedup(times, key, "timm")
+        row["bf16_ratio"] = speedup(times, "bf16", "timm_bf16")
+        # the recipe's step: XLA on TensorFlow and JAX, eager on PyTorch (torch.compile recompiles Keras's step)
+        train = {"train": _keras_train_step(name, batch, backend != "torch"), "timm_train": timm_step}
+        ttimes = interleaved_times(train, rounds)
+        row.update({k: batch / statistics.median(v) for k, v in ttimes.items()})
+        row["train_ratio"] = speedup(ttimes, "train", "timm_train")
+        print("ROW " + json.dumps(row), flush=True)
+
+
+def bench_backends(models, batch, rounds, threads):
+    rows = []
+    for backend in BACKENDS:
+        code = ("import timm, sys; from keras_vitnt.benchmark import backend_child; "
+                f"backend_child({list(models)!r}, {batch}, {rounds}, {threads})")
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+        if proc.returncode or not got:
+            print(f"  {backend}: failed ({proc.stderr.strip().splitlines()[-1:]})", flush=True)
+            rows.append({"backend": backend, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
+            continue
+        for row in got:
+            print(f"  {backend} {row['model']}: fp32 {row['fp32']:.1f} img/s ({row['fp32_ratio']:.2f}x timm), bf16 "
+                  f"{row['bf16']:.1f} ({row['bf16_ratio']:.2f}x timm bf16), train {row['train']:.2f} "
+                  f"({row['train_ratio']:.2f}x)", flush=True)
+        rows += got
+    lines = [
+        f"| backend | model | fp32 img/s | / timm fp32 | mixed_bfloat16 img/s | / timm bf16 autocast | train step "
+        f"img/s | / timm step | timm fp32 / bf16 / step img/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | failed: {r['error']} | | | | | | | |")
+            continue
+        lines.append(f"| {r['backend']} | {r['model']} | {r['fp32']:.1f} | **{r['fp32_ratio']:.2f}** | {r['bf16']:.1f} | "
+                     f"**{r['bf16_ratio']:.2f}** | {r['train']:.2f} | **{r['train_ratio']:.2f}** | {r['timm']:.1f} / "
+                     f"{r['timm_bf16']:.1f} / {r['timm_train']:.2f} |")
+        if "fp32_compiled" in r:
+            lines.append(f"| torch + torch.compile (`jit_compile=True`; compiling took {r['compile_s']:.0f} s) | "
+                         f"{r['model']} | {r['fp32_compiled']:.1f} | **{r['fp32_compiled_ratio']:.2f}** | | | | | |")
+    return lines
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -566,6 +671,7 @@ def parse_args(argv):
     p.add_argument("--train-models", nargs="+", default=TRAIN_MODELS)
     p.add_argument("--litert-models", nargs="+", default=LITERT_MODELS)
     p.add_argument("--quant-models", nargs="+", default=QUANT_MODELS)
+    p.add_argument("--backend-models", nargs="+", default=TRAIN_MODELS)
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
@@ -641,6 +747,11 @@ def main(argv=None):
                    "model, sized as saved `.keras` files. LiteRT rows: `keras_vitnt.export(..., quantization=...)` "
                    "under the stock interpreter (XNNPACK). Calibration images are never scored."],
          lambda: bench_quant(args.quant_models, args.weights, args.threads, args.litert_rounds)),
+        ("backends", [f"## Keras backends (batch {args.train_batch}, {args.rounds} interleaved rounds; one process "
+                      "per backend, each timing timm beside itself: compare backends by their ratios)", "",
+                      "Inference: `predict_on_batch` (TensorFlow: tf.function; JAX: jit; PyTorch: eager). Training: "
+                      "`train_on_batch`, AdamW, as the recipe runs it (XLA on TensorFlow and JAX, eager on PyTorch)."],
+         lambda: bench_backends(args.backend_models, args.train_batch, args.rounds, args.threads)),
     ]
     for section, heading, run in plan:
         if section in args.sections:

@@ -12,6 +12,8 @@ Every export:
 An existing destination is never replaced unless `overwrite=True`, and then only if it is an
 earlier export of this package (its sidecar says so). A mixed-precision model is exported as
 its float32 copy (same weights): LiteRT's builtin ops and ONNX have no bfloat16 kernels.
+On the JAX and PyTorch backends the model is saved as .keras and rebuilt on TensorFlow in a
+subprocess, which writes the same artifact, checked against the source backend's outputs.
 """
 
 import contextlib
@@ -306,7 +308,8 @@ def export(
 
     Raises:
         FileExistsError, ValueError on bad arguments; ExportParityError when an fp32
-        artifact is off by more than 1e-4 relative (the file is not written).
+        artifact is off by more than 1e-4 relative (the file is not written), or, on JAX and
+        PyTorch, when the model rebuilt on TensorFlow differs from this one by as much.
     """
     import keras
 

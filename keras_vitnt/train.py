@@ -261,7 +261,8 @@ def _jax_distribution(name):
         return None
     if name in ("auto", "data_parallel"):
         return keras.distribution.DataParallel(devices=devices)
-    model = len(devices) if name == "model_parallel" else int(name.split(":", 1)[1])
+    count = name.split(":", 1)[1] if ":" in name else str(len(devices))
+    model = int(count) if count.isdigit() else 0
     if model < 1 or len(devices) % model:
         raise ValueError(f"strategy {name!r}: the devices per model copy must divide the {len(devices)} devices")
     mesh = keras.distribution.DeviceMesh((len(devices) // model, model), ["batch", "model"], devices)
@@ -519,7 +520,7 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
         callbacks = _callbacks(cfg, extra_callbacks)
         log.info("training %s on %s: %d classes, %d steps/epoch, epochs %d..%d, %s", model.name, cfg.data,
                  len(data.class_names), data.steps, initial_epoch, cfg.epochs, policy or "float32")
-        with _multiworker_fixes(model, data, cfg.strategy == "multiworker"):
+        with _distributed_fit(model, data, strategy):
             model.fit(data.train, validation_data=data.val, epochs=cfg.epochs, initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=verbose)
             result = _finish(cfg, state, model, data, image_size)
@@ -629,23 +630,28 @@ def _compile(model, cfg, steps_per_epoch, strategy):
 
 
 @contextlib.contextmanager
-def _multiworker_fixes(model, data, active):
-    """Two places where Keras 3's TensorFlow trainer fails under MultiWorkerMirroredStrategy
-    (keras-team/keras#20585), mended for the recipe's fit and evaluate only:
-    1. fit averages a first batch across replicas to build the model symbolically
-       (`_maybe_symbolic_build`): the model, optimizer, loss and metrics are built here from the
+def _distributed_fit(model, data, strategy):
+    """Mends Keras 3's TensorFlow trainer for the recipe's fit and evaluate under MirroredStrategy and
+    MultiWorkerMirroredStrategy with more than one replica:
+    1. fit draws a first batch to build the model symbolically (`_maybe_symbolic_build`): that
+       advances the shuffle, so a distributed run saw other batches than a one-device run of the
+       same global batch (measured: 0.26 against 0.16 validation accuracy after 2 digits epochs),
+       and under MultiWorkerMirroredStrategy the batch's average across workers fails
+       (keras-team/keras#20585). The model, optimizer, loss and metrics are built here from the
        dataset's element spec instead, in the strategy's scope, where fit then finds the strategy;
-    2. the logs (scalars) are averaged across workers along axis 0, which a scalar lacks: they are
-       averaged as scalars."""
-    if not active:
+    2. under MultiWorkerMirroredStrategy the logs (scalars) are averaged across workers along axis 0,
+       which a scalar lacks: they are averaged as scalars."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)) or \
+            strategy.num_replicas_in_sync < 2:
         yield
         return
-    import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
     model._symbolic_build(data_batch=data.train.element_spec)
     model.optimizer.build(model.trainable_variables)
-    model._distribute_strategy = None
+    own_strategy, model._distribute_strategy = model._distribute_strategy, None
     original = tf_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):
@@ -659,6 +665,7 @@ def _multiworker_fixes(model, data, active):
         yield
     finally:
         tf_trainer.reduce_per_replica = original
+        model._distribute_strategy = own_strategy
 
 
 def _jit_compile(cfg, strategy):

@@ -80,7 +80,7 @@ def test_model_weights_and_maps_do_not_import_tensorflow(backend_runs, backend):
 def test_fit_and_the_recipe_train_on_every_backend(backend_runs, backend):
     report = backend_runs[0][backend]
     before, after = report["fit_loss"]
-    assert after < 0.5 * before
+    assert after < 0.25 * before
     recipe = report["recipe"]
     assert recipe["epochs_run"] == 2
     assert recipe["val_accuracy"] > 0.25  # 10 classes: chance is 0.1; 2 warmup epochs: TensorFlow gets 0.34
@@ -103,10 +103,12 @@ def test_keras_files_move_between_backends(backend_runs):
             assert relative_error(model.predict_on_batch(x), np.load(work / f"{backend}_saved_{kind}.npy")) < 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_export_from_every_backend(backend_runs, backend):
-    report = backend_runs[0][backend]["export"]
-    for fmt in ("litert", "onnx"):
-        assert "error" not in report[fmt], report[fmt]
-        assert report[fmt]["exists"] and report[fmt]["source_backend"] == backend
-        assert report[fmt]["max_relative_error"] < 1e-4
+@pytest.mark.parametrize("backend, fmt", [("jax", "litert"), ("torch", "onnx")])
+def test_export_from_every_backend(backend_runs, backend, fmt):
+    """The exporter rebuilds the model on TensorFlow in a subprocess and checks the file against this
+    backend's own outputs (the same path for every format)."""
+    report = backend_runs[0][backend]["export"][fmt]
+    assert "error" not in report, report
+    assert report["exists"] and report["source_backend"] == backend
+    assert report["max_relative_error"] < 1e-4
+    assert "already exists; pass overwrite=True" in report["again"]

@@ -122,35 +122,6 @@ def test_mixed_bfloat16_training(tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # restored after the run
 
 
-def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
-    code = f"""
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import numpy as np
-from keras_vitnt.train import TrainConfig, train
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-cfg = TrainConfig(model="vit:Ti/4", weights="none", data="digits", image_size=16, epochs=1, batch_size=64,
-                  lr=2e-3, augment="none", flip=False, out={str(tmp_path / "run")!r}, strategy=strategy,
-                  overrides=dict(embed_dim=48, depth=2, num_heads=3))
-r = train(cfg, verbose=0)
-print("REPLICAS", strategy.num_replicas_in_sync, "LOSS", r.history["loss"][-1])
-"""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("REPLICAS"))
-    assert line.split()[1] == "2" and np.isfinite(float(line.split()[3]))
-    # what MirroredStrategy saved loads in a new process with plain Keras after `import keras_vitnt`
-    load = f"""
-import numpy as np, keras, keras_vitnt
-m = keras.models.load_model({str(tmp_path / "run" / "model.keras")!r})
-print("OUT", m.predict_on_batch(np.zeros((1, 16, 16, 3), "float32")).shape)
-"""
-    proc = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "OUT (1, 10)" in proc.stdout, proc.stderr[-3000:]
-
-
 def _free_ports(n):
     import socket
 
@@ -180,30 +151,35 @@ def _read_run(path):
     return run
 
 
-def test_multiworker_run_on_two_processes_matches_one_process(tmp_path):
-    """MultiWorkerMirroredStrategy from TF_CONFIG, two workers on 127.0.0.1, one CPU each: the same
-    global batch as a one-process run, so the same training to float rounding; the chief writes the
-    run, the other worker leaves nothing behind."""
+def test_mirrored_and_multiworker_runs_match_one_process(tmp_path):
+    """tf.distribute on this machine: MirroredStrategy over two logical CPUs, and
+    MultiWorkerMirroredStrategy from TF_CONFIG with two workers on 127.0.0.1, both with the global
+    batch of a one-replica run, train as that run does (to float rounding); the chief writes the
+    run, the other worker leaves nothing behind; what they saved loads here."""
     import json
 
-    from distributed_run import main as run_here
+    from keras_vitnt.train import _worker_out
 
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = [_distributed_run(tmp_path / "mw", "multiworker", wait=False, env={"TF_CONFIG": json.dumps(
+    procs = [_distributed_run(tmp_path / "mw", "multiworker", wait=False, env={"TF_CONFIG": json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": i}})}) for i in range(2)]
-    run_here(str(tmp_path / "one"), ["none"])  # meanwhile, the one-process run here
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), outputs[0][-3000:] + outputs[1][-3000:]
-    one, chief = _read_run(tmp_path / "one-none.json"), _read_run(tmp_path / "mw-multiworker.json")
-    worker = _read_run(tmp_path / "mw-multiworker.worker.json")
-    assert one["val_accuracy"] > 0.15  # it trained: chance is 0.1, the untrained model ~0.1
+    procs.append(_distributed_run(tmp_path / "one", "none", "mirrored", wait=False))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
+    one, mirrored = _read_run(tmp_path / "one-none.json"), _read_run(tmp_path / "one-mirrored.json")
+    chief, worker = _read_run(tmp_path / "mw-multiworker.json"), _read_run(tmp_path / "mw-multiworker.worker.json")
+    assert one["val_accuracy"] > 0.15  # it trained: chance is 0.1
     assert relative_error(chief["predictions"], one["predictions"]) < 1e-5
+    assert relative_error(mirrored["predictions"], one["predictions"]) < 1e-4  # one replica with XLA, two without
     assert np.array_equal(worker["predictions"], chief["predictions"])
     assert chief["loss"] == pytest.approx(one["loss"], rel=1e-5)
     assert {"model.keras", "summary.json", "log.csv"} <= set(os.listdir(tmp_path / "mw-multiworker"))
-    assert worker["out"] is None and not os.path.exists(
-        __import__("keras_vitnt.train", fromlist=["_worker_out"])._worker_out(str(tmp_path / "mw-multiworker"), 1))
+    assert worker["out"] is None and not os.path.exists(_worker_out(str(tmp_path / "mw-multiworker"), 1))
+    for run in ("mw-multiworker", "one-mirrored"):
+        model = keras.models.load_model(tmp_path / run / "model.keras")
+        x = np.zeros((1, 16, 16, 3), "float32")
+        assert model.predict_on_batch(x).shape == (1, 10)
 
 
 def test_jax_data_and_model_parallel_match_one_device(tmp_path):
@@ -215,10 +191,11 @@ def test_jax_data_and_model_parallel_match_one_device(tmp_path):
             for s in ("none", "data_parallel", "model_parallel")}
     assert all(runs.values()), out[-4000:]
     assert runs["none"]["devices"] == 2 and runs["none"]["val_accuracy"] > 0.15
+    assert "must divide the 2 devices" in runs["none"]["refused"]
     for strategy in ("data_parallel", "model_parallel"):
         assert relative_error(runs[strategy]["predictions"], runs["none"]["predictions"]) < 1e-4, strategy
-    assert runs["data_parallel"]["layouts"] == {"qkv": "P()", "fc2": "P()", "norm": "P()"}
-    assert runs["model_parallel"]["layouts"] == {"qkv": "P(None, 'model')", "fc2": "P('model',)", "norm": "P()"}
+    assert runs["data_parallel"]["layouts"] == {"qkv": [], "fc2": [], "norm": []}
+    assert runs["model_parallel"]["layouts"] == {"qkv": [1], "fc2": [0], "norm": []}  # columns, rows, replicated
 
 
 def test_a_strategy_of_another_backend_or_without_its_cluster_is_refused(monkeypatch):
