@@ -414,8 +414,7 @@ def _export_checked(model, target, samples, representative_data, size, layer_rep
     `reference`: the outputs to check against (default: `model`'s on `samples`)."""
     with _work_dir(target.path) as tmp:
         _write_artifact(model, tmp, target, representative_data, size)
-        report = _check_parity(model, tmp, target, samples, reference)
-        report.update(extra_report or {})
+        report = _check_parity(model, tmp, target, samples, reference, extra_report)
         if layer_report:
             from keras_vitnt.quantization import int8_report
 
@@ -430,7 +429,7 @@ def _outputs(model, samples):
     return np.asarray(model.predict(samples, verbose=0, batch_size=8))
 
 
-def _check_parity(model, tmp, target, samples, reference=None):
+def _check_parity(model, tmp, target, samples, reference=None, extra_report=None):
     """The artifact at `tmp` run on `samples` beside the Keras model (or `reference`, its outputs)
     -> the export's report; ExportParityError for an fp32 artifact off by more than FP32_TOLERANCE."""
     if reference is None:
@@ -446,6 +445,7 @@ def _check_parity(model, tmp, target, samples, reference=None):
         "quantization": target.quantization,
         "size_bytes": _size(tmp),
         **parity_report(reference, exported),
+        **(extra_report or {}),
     }
     if target.format == "litert":
         report["ops"] = litert_ops(tmp)
@@ -463,7 +463,6 @@ def _check_parity(model, tmp, target, samples, reference=None):
 # LiteRT, SavedModel and ONNX are made from TensorFlow graphs. A model on another Keras backend is
 # saved as .keras and rebuilt on TensorFlow in a subprocess (KERAS_BACKEND=tensorflow), which
 # writes the same artefact the TensorFlow backend would, checked against this backend's outputs.
-_ERRORS = {"ValueError": ValueError, "FileExistsError": FileExistsError, "ImportError": ImportError}
 
 
 def _export_through_tensorflow(model, target, samples, representative_data, size, layer_report, meta):
@@ -483,8 +482,8 @@ def _export_through_tensorflow(model, target, samples, representative_data, size
             ) from e
         np.save(os.path.join(job, "samples.npy"), samples)
         np.save(os.path.join(job, "reference.npy"), _outputs(model, samples))
-        if representative_data is not None:
-            np.save(os.path.join(job, "representative.npy"), np.concatenate(as_batches(representative_data)))
+        if target.quantization in CALIBRATED:  # materialised by export() already
+            np.save(os.path.join(job, "representative.npy"), representative_data)
         with open(os.path.join(job, "job.json"), "w") as f:
             json.dump({"target": dataclasses.asdict(target), "size": list(size), "layer_report": layer_report,
                        "meta": {**meta, "source_backend": backend}}, f)
@@ -492,7 +491,8 @@ def _export_through_tensorflow(model, target, samples, representative_data, size
         proc = subprocess.run(
             [sys.executable, "-c", "import sys; from keras_vitnt.exporter import _tensorflow_worker; "
              "_tensorflow_worker(sys.argv[1])", job],
-            env={**os.environ, "KERAS_BACKEND": "tensorflow"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            # TensorFlow would take the GPU memory this process's backend holds: it grows as needed
+            env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True,
         )
         try:
@@ -506,7 +506,12 @@ def _export_through_tensorflow(model, target, samples, representative_data, size
         message = f"{result['error']} (export from the {backend} backend, rebuilt on TensorFlow)"
         if result["type"] == "ExportParityError":
             raise ExportParityError(message, result["report"])
-        raise _ERRORS.get(result["type"], RuntimeError)(message)
+        import builtins
+
+        error = getattr(builtins, result["type"], None)  # ValueError, FileExistsError, ModuleNotFoundError, ...
+        if not (isinstance(error, type) and issubclass(error, Exception)):
+            error, message = RuntimeError, f"{result['type']}: {message}\n{result['traceback']}"
+        raise error(message)
     return result["report"]
 
 
@@ -515,7 +520,7 @@ def _tensorflow_worker(job):
     job, checks the rebuilt model against the source backend's outputs, exports; result.json."""
     import keras
 
-    import keras_vitnt  # noqa: F401  (registers the layers for load_model)
+    from keras_vitnt import layers, optimizers  # noqa: F401  (register their classes for load_model)
 
     with open(os.path.join(job, "job.json")) as f:
         spec = json.load(f)
@@ -525,7 +530,7 @@ def _tensorflow_worker(job):
     representative_data = np.load(rep_path) if os.path.exists(rep_path) else None
     meta = spec["meta"]
     try:
-        model = keras.models.load_model(os.path.join(job, "model.keras"))
+        model = keras.models.load_model(os.path.join(job, "model.keras"), compile=False)
         rebuild = parity_report(reference, _outputs(model, samples))
         extra = {"source_backend": meta["source_backend"], "rebuild_relative_error": rebuild["max_relative_error"]}
         if rebuild["max_relative_error"] > FP32_TOLERANCE:
@@ -536,7 +541,10 @@ def _tensorflow_worker(job):
         result = {"report": _export_checked(model, target, samples, representative_data, tuple(spec["size"]),
                                             spec["layer_report"], meta, reference=reference, extra_report=extra)}
     except Exception as e:
-        result = {"error": str(e), "type": type(e).__name__, "report": getattr(e, "report", None)}
+        import traceback
+
+        result = {"error": str(e), "type": type(e).__name__, "report": getattr(e, "report", None),
+                  "traceback": traceback.format_exc()[-4000:]}
     with open(os.path.join(job, "result.json"), "w") as f:
         json.dump(result, f)
 

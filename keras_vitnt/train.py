@@ -160,7 +160,10 @@ def pipelines(train, val, num_classes, cfg, image_size):
             return x, y
 
         train = train.map(batch_aug, num_parallel_calls=auto)
-    val = val.batch(cfg.batch_size).map(one_hot, num_parallel_calls=auto)
+    if len(val.element_spec) == 3:  # padded for JAX's distributions: (x, y, sample weight 0 on the padding)
+        val = val.batch(cfg.batch_size).map(lambda x, y, w: (*one_hot(x, y), w), num_parallel_calls=auto)
+    else:
+        val = val.batch(cfg.batch_size).map(one_hot, num_parallel_calls=auto)
     return train.prefetch(auto), val.prefetch(auto)
 
 
@@ -213,6 +216,15 @@ def get_strategy(name):
 
     backend = keras.backend.backend()
     if not isinstance(name, str):
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            kind = tf.distribute.Strategy
+        else:
+            kind = keras.distribution.Distribution if backend == "jax" else ()
+        if not isinstance(name, kind):
+            raise ValueError(f"strategy={name!r}: on the {backend} backend give one of {STRATEGIES.get(backend)}"
+                             + (f" or a {kind.__module__.split('.')[0]} {kind.__name__}" if kind else ""))
         return name
     if name not in STRATEGIES.get(backend, ()) and not (backend == "jax" and name.startswith("model_parallel:")):
         raise ValueError(f"strategy {name!r} is not one for the {backend} backend: choose one of "
@@ -498,9 +510,9 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
     settings, or a folder that is not a run, is refused. `overwrite=True` replaces an earlier
     run (removing only the files a run writes).
 
-    With `strategy="multiworker"` every worker runs this with the same `cfg`; the chief writes
-    `cfg.out`, the other workers a folder of their own in the temporary directory (kept until
-    the run finishes, so that a restarted worker resumes with the chief)."""
+    With `strategy="multiworker"` (or a MultiWorkerMirroredStrategy) every worker runs this with
+    the same `cfg`; the chief writes `cfg.out`, worker i (not the chief) its own run beside it,
+    `<out>.worker<i>`, so that a restarted, re-run or continued worker does what the chief does."""
     import keras
 
     worker = secondary_worker(cfg)
@@ -511,11 +523,15 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
         log.info("%s: finished earlier; loaded as it is (pass more epochs to continue it)", cfg.out)
         return _finished_result(cfg)
     strategy = get_strategy(cfg.strategy)  # first: MultiWorkerMirroredStrategy wants it before any other op
+    groups = _data_parallel_groups(strategy)
+    if cfg.batch_size % groups:  # JAX's distributions split each batch over the mesh's batch axis
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split over the {groups} data-parallel device groups "
+                         f"of strategy {cfg.strategy!r}: give a multiple of {groups}")
     keras.utils.set_random_seed(cfg.seed)
     image_size = default_image_size(cfg)
     _prepare_folder(cfg, state)
     with _global_dtype_policy(cfg.mixed_precision) as policy, _scope(strategy):
-        data = _datasets(cfg, image_size)
+        data = _datasets(cfg, image_size, _data_parallel_groups(strategy))
         model, initial_epoch = _compiled_model(cfg, state, data, image_size, strategy)
         callbacks = _callbacks(cfg, extra_callbacks)
         log.info("training %s on %s: %d classes, %d steps/epoch, epochs %d..%d, %s", model.name, cfg.data,
@@ -524,16 +540,19 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
             model.fit(data.train, validation_data=data.val, epochs=cfg.epochs, initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=verbose)
             result = _finish(cfg, state, model, data, image_size)
-    if worker is not None:  # the chief has the run; a secondary worker's copy goes
-        shutil.rmtree(cfg.out, ignore_errors=True)
-        result.out = None
     return result
+
+
+def _data_parallel_groups(strategy):
+    """How many parts a JAX distribution splits each batch into (its mesh's batch axis); 1 otherwise."""
+    mesh = getattr(strategy, "device_mesh", None)
+    return 1 if mesh is None else mesh.shape[list(mesh.axis_names).index(strategy.batch_dim_name)]
 
 
 def secondary_worker(cfg):
     """The task index of a multi-worker run's worker that is not the chief (TF_CONFIG's "chief",
     else worker 0), or None."""
-    if cfg.strategy != "multiworker":
+    if cfg.strategy != "multiworker" and type(cfg.strategy).__name__ != "MultiWorkerMirroredStrategy":
         return None
     spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task, cluster = spec.get("task", {}), spec.get("cluster", {})
@@ -544,11 +563,25 @@ def secondary_worker(cfg):
 
 
 def _worker_out(out, index):
-    import hashlib
-    import tempfile
+    """Where worker `index` (not the chief) keeps its run: beside the chief's `out` (a folder of
+    its own on a shared file system, never inside the chief's run)."""
+    return os.path.normpath(out) + f".worker{index}"
 
-    key = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"keras_vitnt-worker{index}-{key}")
+
+def _padded(val, multiple):
+    """(x, y) -> (x, y, 1.0), and (zeros, 0, 0.0) appended up to a multiple of `multiple` elements."""
+    import tensorflow as tf
+
+    count = int(val.cardinality())
+    if count < 0:
+        count = sum(1 for _ in val)
+    weighted = val.map(lambda x, y: (x, y, tf.constant(1.0)))
+    missing = -count % multiple
+    if missing:
+        x_spec, y_spec = val.element_spec
+        zeros = (tf.zeros(x_spec.shape, x_spec.dtype), tf.zeros(y_spec.shape, y_spec.dtype), tf.constant(0.0))
+        weighted = weighted.concatenate(tf.data.Dataset.from_tensors(zeros).repeat(missing))
+    return weighted
 
 
 @dataclasses.dataclass
@@ -586,9 +619,23 @@ def _global_dtype_policy(name):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _datasets(cfg, image_size):
-    """`cfg.data` loaded and turned into the training and validation pipelines."""
+def _datasets(cfg, image_size, groups=1):
+    """`cfg.data` loaded and turned into the training and validation pipelines. With `groups` > 1
+    (a JAX distribution), the validation set is padded to a multiple of `groups` with images of
+    sample weight 0: every batch, the last one too, splits over the devices, and no image is dropped."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":  # TensorFlow reads the data only: the GPUs are JAX's or torch's
+        import tensorflow as tf
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow already started in this process: its devices stay as they are
+            log.info("TensorFlow had started before the recipe: it may hold GPU memory beside %s",
+                     keras.backend.backend())
     train_raw, val_raw, class_names = load_data(cfg.data, image_size, cfg.val_fraction, cfg.seed)
+    if groups > 1:
+        val_raw = _padded(val_raw, groups)
     train_ds, val_ds = pipelines(train_raw, val_raw, len(class_names), cfg, image_size)
     steps = int(train_ds.cardinality().numpy())
     if steps <= 0:
@@ -621,10 +668,16 @@ def _compile(model, cfg, steps_per_epoch, strategy):
     import keras
 
     depth = sum(1 for layer in model.layers if layer.name.startswith("blocks_"))
+    accuracy = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    # a JAX distribution's validation set is padded with images of weight 0 (see _datasets): the loss and
+    # accuracy are then averaged over the weights, i.e. over the real images only
+    padded = _data_parallel_groups(strategy) > 1
     model.compile(
         optimizer=make_optimizer(cfg, steps_per_epoch, depth),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing,
+                                                  reduction="mean_with_sample_weight" if padded else "sum_over_batch_size"),
+        metrics=None if padded else accuracy,
+        weighted_metrics=accuracy if padded else None,
         jit_compile=_jit_compile(cfg, strategy),
     )
 
@@ -656,8 +709,11 @@ def _distributed_fit(model, data, strategy):
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None),
-                                         values)
+            def mean(v):  # a PerReplica (several replicas per worker) has no shape: its parts do
+                rank = strategy.experimental_local_results(v)[0].shape.rank
+                return strategy.reduce("MEAN", v, axis=0 if rank else None)
+
+            return tf.nest.map_structure(mean, values)
         return original(values, strategy, reduction)
 
     tf_trainer.reduce_per_replica = reduce_per_replica

@@ -50,3 +50,69 @@ def digits_runs(tmp_path_factory):
         (_, _), test = load_digits(size=demo.IMAGE_SIZE)
         runs[kind] = (result, test)
     return runs
+
+
+# --- jobs in processes of their own, beside the suite (tests/background_jobs.py) ----------------
+
+BACKGROUND_TIMEOUT = 1500  # seconds a test waits for its job (which started with the suite)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "background(job): the test reads the result of a tests/background_jobs.py job")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The `background` tests go last, and their jobs start now in one background process."""
+    waiting = [item for item in items if item.get_closest_marker("background")]
+    if not waiting:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("background")] + waiting
+    jobs = list(dict.fromkeys(item.get_closest_marker("background").args[0] for item in waiting))
+    import subprocess
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="keras_vitnt_background-")
+    log = open(os.path.join(work, "driver.log"), "w")
+    script = os.path.join(os.path.dirname(__file__), "background_jobs.py")
+    config._background = (work, subprocess.Popen([sys.executable, script, work, *jobs], stdout=log,
+                                                 stderr=subprocess.STDOUT, env=dict(os.environ)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    work, proc = getattr(session.config, "_background", (None, None))
+    if proc is not None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def background_job(request):
+    """wait(job) -> the job's folder (a pathlib.Path), once tests/background_jobs.py finished it."""
+    import json
+    import pathlib
+    import time
+
+    def wait(job):
+        work, proc = request.config._background
+        done = pathlib.Path(work) / f"{job}.done.json"
+        start = time.time()
+        while not done.exists():
+            if proc.poll() is not None and not done.exists():
+                pytest.fail(f"the background jobs' process ended (code {proc.returncode}) before {job!r}: "
+                            + (pathlib.Path(work) / "driver.log").read_text()[-3000:])
+            if time.time() - start > BACKGROUND_TIMEOUT:
+                pytest.fail(f"background job {job!r} did not finish {BACKGROUND_TIMEOUT} s after its test began")
+            time.sleep(0.5)
+        status = json.loads(done.read_text())
+        folder = pathlib.Path(work) / job
+        if not status["ok"]:
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))
+            pytest.fail(f"background job {job!r} failed:\n{status['error']}\n{logs}")
+        print(f"background job {job}: {status['seconds']:.0f} s")
+        return folder
+
+    return wait

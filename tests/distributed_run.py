@@ -24,7 +24,7 @@ def main(prefix, strategies):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from keras_vitnt.data.digits import load_digits
-    from keras_vitnt.train import TrainConfig, get_strategy, train
+    from keras_vitnt.train import TrainConfig, get_strategy, secondary_worker, train
 
     (_, _), (x_test, _) = load_digits(size=16)
     for strategy in strategies:
@@ -49,7 +49,8 @@ def main(prefix, strategies):
                                  for name, v in
                                  (("qkv", block.attn.qkv.kernel), ("fc2", block.mlp.fc2.kernel),
                                   ("norm", block.norm1.gamma))}
-        with open(out + (".json" if result.out else ".worker.json"), "w") as f:  # a multi-worker run's other workers
+        worker = secondary_worker(cfg)  # a multi-worker run's other workers: out + ".worker<i>"
+        with open(out + (f".worker{worker}.json" if worker else ".json"), "w") as f:
             json.dump(report, f)
 
 

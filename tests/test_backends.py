@@ -1,49 +1,27 @@
-"""Keras 3's JAX and PyTorch backends: each runs tests/backend_checks.py in a new process
-(KERAS_BACKEND=jax, then torch) on inputs this TensorFlow process prepares, and the tests
-here assert on what it reports: timm parity, maps and features, fit, the recipe, .keras files
-across backends, export, and no TensorFlow import on the model/weights/maps path."""
+"""Keras 3's JAX and PyTorch backends: tests/backend_checks.py runs in a new process per backend
+(KERAS_BACKEND=jax, then torch; a job of tests/background_jobs.py, beside the rest of the suite)
+on timm checkpoints made there, and the tests here assert on what it reports: timm parity, maps
+and features, fit, the recipe, .keras files across backends, export, and no TensorFlow import on
+the model/weights/maps path."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from timm_oracle import normalised_images, perturbed_timm_model, relative_error, save_checkpoint, timm_logits
+from background_jobs import BACKEND_CASES as CASES
+from background_jobs import BACKENDS
+from timm_oracle import relative_error
 
-BACKENDS = ("jax", "torch")  # in this order: torch loads what jax saved, this process what torch saved
-CASES = {"vit_small_patch16_224": {"depth": 1}, "deit_small_distilled_patch16_224": {"depth": 1},
-         "tnt_s_patch16_224": {"depth": 1}}
 TOL = 1e-5  # test_parity's: a wrong eps, GELU or scale is 1e-4 off
+pytestmark = pytest.mark.background("backends")
 
 
 @pytest.fixture(scope="module")
-def backend_runs(tmp_path_factory):
+def backend_runs(background_job):
     """{backend: its report}, and the work folder."""
-    from keras_vitnt.data.digits import load_digits
-    from keras_vitnt.demo import IMAGE_SIZE
-
-    work = tmp_path_factory.mktemp("backends")
-    x = normalised_images(2, 224, 224)
-    np.save(work / "x.npy", x)
-    for name, kwargs in CASES.items():
-        tm = perturbed_timm_model(name, num_classes=1000, **kwargs)
-        save_checkpoint(tm, work / f"{name}.safetensors")
-        np.save(work / f"{name}.npy", timm_logits(tm, x))
-    (json.dump(CASES, open(work / "cases.json", "w")))
-    (_, _), (x_test, _) = load_digits(size=IMAGE_SIZE)
-    np.save(work / "digits.npy", x_test[:16])
-    reports = {}
-    for backend in BACKENDS:
-        env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
-        proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "backend_checks.py"),
-                               str(work)], env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{backend}: {proc.stderr[-4000:]}"
-        reports[backend] = json.load(open(work / f"{backend}.json"))
-        print(backend, reports[backend]["times"])
-    return reports, work
+    work = background_job("backends")
+    return {backend: json.load(open(work / f"{backend}.json")) for backend in BACKENDS}, work
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
