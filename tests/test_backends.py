@@ -56,10 +56,15 @@ def test_model_weights_and_maps_do_not_import_tensorflow(backend_runs, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_and_the_recipe_train_on_every_backend(backend_runs, backend):
+    """fit on arrays on both; the recipe on PyTorch here, on JAX in test_train's JAX distribution test
+    (three runs, one of them on one device, against which the others are compared)."""
     report = backend_runs[0][backend]
     before, after = report["fit_loss"]
     assert after < 0.25 * before
     recipe = report["recipe"]
+    if backend == "jax":
+        assert recipe is None
+        return
     assert recipe["epochs_run"] == 2
     assert recipe["val_accuracy"] > 0.25  # 10 classes: chance is 0.1; 2 warmup epochs: TensorFlow gets 0.34
     assert {"model.keras", "best.keras", "summary.json", "log.csv", "curves.png"} <= set(recipe["files"])

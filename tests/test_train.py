@@ -158,10 +158,19 @@ def test_mirrored_and_multiworker_runs_match_one_process(background_job):
 @pytest.mark.background("jax_distribution")
 def test_jax_data_and_model_parallel_match_one_device(background_job):
     """Keras's distribution API on JAX, two host devices: DataParallel and ModelParallel (the Megatron
-    layout of LAYOUT_RULES) train as one device does, with the kernels split as the rules say."""
+    layout of LAYOUT_RULES) train as one device does, with the kernels split as the rules say; and the
+    recipe's run on JAX, saved and loaded here on TensorFlow."""
     tmp_path = background_job("jax_distribution")  # tests/background_jobs.py: one process, 2 host devices
     runs = {s: _read_run(tmp_path / f"j-{s}.json") for s in ("none", "data_parallel", "model_parallel")}
+    # the recipe on JAX (test_backends leaves it to this test): it trains, and writes and reloads its run
     assert runs["none"]["devices"] == 2 and runs["none"]["val_accuracy"] > 0.15
+    assert {"model.keras", "best.keras", "summary.json", "log.csv", "curves.png"} <= set(
+        os.listdir(tmp_path / "j-none"))
+    from keras_vitnt.data.digits import load_digits
+
+    (_, _), (x_test, _) = load_digits(size=16)
+    saved = keras.models.load_model(tmp_path / "j-none" / "model.keras")  # saved on JAX, loaded here
+    assert relative_error(saved.predict_on_batch(x_test[:64]), runs["none"]["predictions"]) < 1e-5
     assert "must divide the 2 devices" in runs["none"]["refused"]
     for strategy in ("data_parallel", "model_parallel"):
         assert relative_error(runs[strategy]["predictions"], runs["none"]["predictions"]) < 1e-4, strategy
