@@ -488,20 +488,26 @@ def _export_through_tensorflow(model, target, samples, representative_data, size
             json.dump({"target": dataclasses.asdict(target), "size": list(size), "layer_report": layer_report,
                        "meta": {**meta, "source_backend": backend}}, f)
         log.info("exporting from the %s backend: the model is rebuilt on TensorFlow in a subprocess", backend)
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from keras_vitnt.exporter import _tensorflow_worker; "
              "_tensorflow_worker(sys.argv[1])", job],
             # TensorFlow would take the GPU memory this process's backend holds: it grows as needed
-            env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
+            env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_FORCE_GPU_ALLOW_GROWTH": "true"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
+        try:
+            output = proc.communicate()[0]
+        except BaseException:  # e.g. Ctrl-C: the worker is stopped so that it removes its temporary files
+            proc.terminate()
+            proc.wait()
+            raise
         try:
             with open(os.path.join(job, "result.json")) as f:
                 result = json.load(f)
         except (OSError, ValueError):
             raise RuntimeError(f"export from the {backend} backend: the TensorFlow subprocess failed (exit code "
                                f"{proc.returncode}); nothing was written to {target.path}. Its output ends:\n"
-                               f"{proc.stdout[-3000:]}") from None
+                               f"{output[-3000:]}") from None
     if "error" in result:
         message = f"{result['error']} (export from the {backend} backend, rebuilt on TensorFlow)"
         if result["type"] == "ExportParityError":
@@ -518,9 +524,15 @@ def _export_through_tensorflow(model, target, samples, representative_data, size
 def _tensorflow_worker(job):
     """The subprocess side of `_export_through_tensorflow` (KERAS_BACKEND=tensorflow): loads the
     job, checks the rebuilt model against the source backend's outputs, exports; result.json."""
+    import signal
+    import sys
+
     import keras
 
     from keras_vitnt import layers, optimizers  # noqa: F401  (register their classes for load_model)
+
+    # terminated by the parent: unwind, so that the export's temporary folder goes
+    signal.signal(signal.SIGTERM, lambda *args: sys.exit(1))
 
     with open(os.path.join(job, "job.json")) as f:
         spec = json.load(f)

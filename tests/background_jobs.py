@@ -1,7 +1,6 @@
 """The suite's jobs that run in processes of their own (other Keras backends, several workers).
-conftest.py starts them once, in one background process, as soon as the tests are collected:
-they run beside the rest of the suite (which leaves most of a core idle on 2 cores), and the
-tests marked `background(JOB)` run last and wait for their job's result.
+conftest.py's `background_job` fixture runs each once, when the first test marked
+`background(JOB)` needs it (those tests run last), and the tests assert on what it wrote.
 
     python tests/background_jobs.py WORK_DIR JOB [JOB ...]
 

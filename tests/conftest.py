@@ -52,9 +52,12 @@ def digits_runs(tmp_path_factory):
     return runs
 
 
-# --- jobs in processes of their own, beside the suite (tests/background_jobs.py) ----------------
+# --- jobs in processes of their own (tests/background_jobs.py) ------------------------------------
+# Run when their first test needs them, one at a time. (Started at collection beside the suite, even at
+# the lowest priority, they made the suite slower here: their 5-8 GB beside its 15 GB sent the machine
+# into page reclaim.)
 
-BACKGROUND_TIMEOUT = 1500  # seconds a test waits for its job (which started with the suite)
+JOB_TIMEOUT = 1500  # seconds
 
 
 def pytest_configure(config):
@@ -62,60 +65,34 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The `background` tests go last, and their jobs start now in one background process."""
+    """The `background` tests go last, each job's tests together."""
     waiting = [item for item in items if item.get_closest_marker("background")]
-    if not waiting:
-        return
     items[:] = [item for item in items if not item.get_closest_marker("background")] + waiting
-    jobs = list(dict.fromkeys(item.get_closest_marker("background").args[0] for item in waiting))
-    import subprocess
-    import tempfile
-
-    work = tempfile.mkdtemp(prefix="keras_vitnt_background-")
-    log = open(os.path.join(work, "driver.log"), "w")
-    script = os.path.join(os.path.dirname(__file__), "background_jobs.py")
-    # at the lowest priority: the jobs take the CPU time the suite leaves idle (it averages 1.15 of 2 cores)
-    # and do not slow the tests beside them; their processes inherit it
-    config._background = (work, subprocess.Popen([sys.executable, script, work, *jobs], stdout=log,
-                                                 stderr=subprocess.STDOUT, env=dict(os.environ),
-                                                 preexec_fn=lambda: os.nice(19)))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    import shutil
-
-    work, proc = getattr(session.config, "_background", (None, None))
-    if proc is not None:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def background_job(request):
-    """wait(job) -> the job's folder (a pathlib.Path), once tests/background_jobs.py finished it."""
+def background_job(tmp_path_factory):
+    """run(job) -> the job's folder (a pathlib.Path), once tests/background_jobs.py has run it."""
     import json
-    import pathlib
-    import time
+    import subprocess
 
-    def wait(job):
-        work, proc = request.config._background
-        done = pathlib.Path(work) / f"{job}.done.json"
-        start = time.time()
-        while not done.exists():
-            if proc.poll() is not None and not done.exists():
-                pytest.fail(f"the background jobs' process ended (code {proc.returncode}) before {job!r}: "
-                            + (pathlib.Path(work) / "driver.log").read_text()[-3000:])
-            if time.time() - start > BACKGROUND_TIMEOUT:
-                pytest.fail(f"background job {job!r} did not finish {BACKGROUND_TIMEOUT} s after its test began")
-            time.sleep(0.5)
+    work = tmp_path_factory.mktemp("jobs")
+    script = os.path.join(os.path.dirname(__file__), "background_jobs.py")
+
+    def run(job):
+        done = work / f"{job}.done.json"
+        if not done.exists():
+            proc = subprocess.run([sys.executable, script, str(work), job], capture_output=True, text=True,
+                                  timeout=JOB_TIMEOUT)
+            if not done.exists():
+                pytest.fail(f"job {job!r} ended (code {proc.returncode}) without a result: {proc.stdout[-3000:]}"
+                            f"{proc.stderr[-3000:]}")
         status = json.loads(done.read_text())
-        folder = pathlib.Path(work) / job
+        folder = work / job
         if not status["ok"]:
             logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.log")))
-            pytest.fail(f"background job {job!r} failed:\n{status['error']}\n{logs}")
-        print(f"background job {job}: {status['seconds']:.0f} s")
+            pytest.fail(f"job {job!r} failed:\n{status['error']}\n{logs}")
+        print(f"job {job}: {status['seconds']:.0f} s")
         return folder
 
-    return wait
+    return run

@@ -1,5 +1,5 @@
 """Keras 3's JAX and PyTorch backends: tests/backend_checks.py runs in a new process per backend
-(KERAS_BACKEND=jax, then torch; a job of tests/background_jobs.py, beside the rest of the suite)
+(KERAS_BACKEND=jax, then torch; a job of tests/background_jobs.py, run after the rest of the suite)
 on timm checkpoints made there, and the tests here assert on what it reports: timm parity, maps
 and features, fit, the recipe, .keras files across backends, export, and no TensorFlow import on
 the model/weights/maps path."""
