@@ -22,8 +22,11 @@ $(VENV)/.stamp-test: setup.py pyproject.toml | $(PY)
 
 install: $(VENV)/.stamp-base
 
+# two pytest-xdist workers: one process kept only 1.15 of the 2 cores busy (19.4 against 15.1 min of pytest on
+# an Intel Xeon); tests that share a session fixture stay on one worker (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 test-all: $(VENV)/.stamp-test
 	$(PY) -m pytest

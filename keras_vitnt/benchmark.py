@@ -1,6 +1,6 @@
 """`keras-vitnt benchmark`: keras_vitnt next to timm, side by side in one run.
 
-    keras-vitnt benchmark [--sections inference training memory litert bf16 quant backends]
+    keras-vitnt benchmark [--sections inference training memory litert int8 bf16 quant backends]
                           [--models ...] [--batches 1 16] [--threads 2] [--rounds 3]
                           [--out benchmarks/results.md] [--overwrite]
 
@@ -9,8 +9,10 @@ these machines are shared and drift by 2x from hour to hour: only ratios taken i
 same run are stable. Sections:
 
 - inference: `model.predict_on_batch` (the plain user path) in fp32 and under Keras's
-  `mixed_bfloat16` policy, next to timm fp32 under `torch.inference_mode`, with
-  `keras.applications.ResNet50` (next to torchvision's) as the CNN baseline. The matmul
+  `mixed_bfloat16` policy, next to timm at its best: fp32 and bf16 autocast, each eager and
+  through `torch.compile` (compile time reported apart, `--no-compile` leaves it out), under
+  `torch.inference_mode`; the ratios are to the fastest timm setting of the same precision.
+  `keras.applications.ResNet50` (next to torchvision's, eager) is the CNN baseline. The matmul
   FLOPs of each model are counted on its graph; "% of peak" is the fp32 path's FLOP rate
   over the fp32 matmul peak (a 2048^3 `tf.matmul`) measured at the start of the run.
 - training: one optimizer step on a batch (Keras `train_on_batch` with AdamW, with and
@@ -19,6 +21,9 @@ same run are stable. Sections:
   inference / a training step, for both frameworks.
 - litert: batch-1 latency of the exported .tflite files (fp32, float16, dynamic_int8,
   int8) under the stock interpreter, next to Keras.
+- int8: batch-1 latency of keras_vitnt's LiteRT dynamic_int8 and int8 files next to timm with
+  `torch.ao.quantization.quantize_dynamic` (Linear layers), same weights, each with its
+  agreement with its own fp32 model.
 - bf16: accuracy of mixed_bfloat16 against fp32: logit error and top-1 agreement on the
   real digits images for the demo's trained ViT and TNT, and the logit error of the
   ImageNet-size models on real photos.
@@ -65,7 +70,7 @@ INFERENCE_MODELS = [
 ]
 TRAIN_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
 LITERT_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
-SECTIONS = ("inference", "training", "memory", "litert", "bf16", "quant", "backends")
+SECTIONS = ("inference", "training", "memory", "litert", "int8", "bf16", "quant", "backends")
 BACKENDS = ("tensorflow", "jax", "torch")
 QUANT_MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
 KERAS_QUANTS = ("int8", "int4", "float8")  # model.quantize modes (gptq/awq need a calibration structure)
@@ -103,6 +108,12 @@ def speedup(times, key, reference):
     """Median over rounds of reference time / key time: each round's pair ran back to back,
     so this ratio is steadier than the ratio of the two medians."""
     return statistics.median(r / k for r, k in zip(times[reference], times[key]))
+
+
+def speedup_best(times, key, references):
+    """Median over rounds of (the fastest reference's time in that round) / key's time: the
+    ratio to the best of several peer settings (timm eager and torch.compile'd, say)."""
+    return statistics.median(min(times[r][i] for r in references) / k for i, k in enumerate(times[key]))
 
 
 def set_threads(threads):
@@ -188,7 +199,41 @@ def matmul_peak(threads, rounds=5, n=2048):
 # --- sections --------------------------------------------------------------------------------
 
 
-def bench_inference(models, batches, rounds, peak):
+def timm_inference_runners(tm, xt, compiled=True):
+    """The PyTorch user's settings for inference, each under `torch.inference_mode()`: timm fp32
+    ("timm"), under `torch.autocast("cpu", dtype=torch.bfloat16)` ("timm_bf16"), and both through
+    `torch.compile` ("timm_compiled", "timm_bf16_compiled"; compiled here by a first call, whose
+    seconds are returned apart: {name: fn}, {name: compile seconds})."""
+    import torch
+
+    def fp32(x):
+        return tm(x)
+
+    def bf16(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return tm(x)
+
+    fns, compile_s = {"timm": fp32, "timm_bf16": bf16}, {}
+    if compiled:
+        for key in ("timm", "timm_bf16"):
+            fn = torch.compile(fns[key], dynamic=False)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                fn(xt)
+            compile_s[key + "_compiled"] = time.perf_counter() - t0
+            fns[key + "_compiled"] = fn
+
+    def runner(fn):
+        def run():
+            with torch.inference_mode():
+                return fn(xt)
+
+        return run
+
+    return {k: runner(fn) for k, fn in fns.items()}, compile_s
+
+
+def bench_inference(models, batches, rounds, peak, compiled=True):
     import numpy as np
     import torch
 
@@ -203,32 +248,41 @@ def bench_inference(models, batches, rounds, peak):
         for batch in batches:
             x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
             xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-            def run_timm():
-                with torch.inference_mode():
-                    tm(xt)
-
-            times = interleaved_times(
-                {"keras": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x), "timm": run_timm},
-                rounds,
-            )
+            runners, compile_s = timm_inference_runners(tm, xt, compiled and name != "resnet50")
+            runners.update({"keras": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x)})
+            times = interleaved_times(runners, rounds)
             ips = {k: batch / statistics.median(v) for k, v in times.items()}
-            row = dict(model=name, batch=batch, gflop=gflop, keras=ips["keras"], bf16=ips["bf16"], timm=ips["timm"],
-                       ratio=speedup(times, "keras", "timm"), ratio_bf16=speedup(times, "bf16", "timm"),
+            fp32_refs = [k for k in ("timm", "timm_compiled") if k in times]
+            bf16_refs = [k for k in ("timm_bf16", "timm_bf16_compiled") if k in times]
+            row = dict(model=name, batch=batch, gflop=gflop, ips=ips, compile_s=compile_s,
+                       ratio=speedup_best(times, "keras", fp32_refs), ratio_bf16=speedup_best(times, "bf16", bf16_refs),
                        peak_pct=100 * ips["keras"] * gflop / peak["float32"])
             rows.append(row)
-            print(f"  {name} batch {batch}: keras {row['keras']:.1f} img/s ({row['ratio']:.2f}x timm), "
-                  f"bf16 {row['bf16']:.1f} ({row['ratio_bf16']:.2f}x), timm {row['timm']:.1f}, "
-                  f"{row['peak_pct']:.0f}% of peak", flush=True)
+            print(f"  {name} batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items())
+                  + f" img/s; fp32 {row['ratio']:.2f}x the fastest timm fp32, bf16 {row['ratio_bf16']:.2f}x the "
+                  f"fastest timm bf16, {row['peak_pct']:.0f}% of peak", flush=True)
     lines = [
-        "| model | batch | GFLOP/img | keras_vitnt fp32 img/s | timm fp32 img/s | ratio | "
-        "keras_vitnt bf16 img/s | bf16 / timm fp32 | fp32 % of matmul peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | GFLOP/img | keras_vitnt fp32 img/s | timm fp32 eager | timm fp32 torch.compile | "
+        "**fp32: keras_vitnt / fastest timm** | keras_vitnt mixed_bfloat16 | timm bf16 autocast eager | "
+        "timm bf16 autocast torch.compile | **bf16: keras_vitnt / fastest timm bf16** | fp32 % of matmul peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(ips, key):
+        return f"{ips[key]:.1f}" if key in ips else "-"
+
+    compiles = []
     for r in rows:
         label = "resnet50 (keras.applications / torchvision)" if r["model"] == "resnet50" else r["model"]
-        lines.append(f"| {label} | {r['batch']} | {r['gflop']:.1f} | {r['keras']:.1f} | {r['timm']:.1f} | "
-                     f"**{r['ratio']:.2f}** | {r['bf16']:.1f} | **{r['ratio_bf16']:.2f}** | {r['peak_pct']:.0f}% |")
+        ips = r["ips"]
+        lines.append(f"| {label} | {r['batch']} | {r['gflop']:.1f} | {ips['keras']:.1f} | {ips['timm']:.1f} | "
+                     f"{cell(ips, 'timm_compiled')} | **{r['ratio']:.2f}** | {ips['bf16']:.1f} | {ips['timm_bf16']:.1f} | "
+                     f"{cell(ips, 'timm_bf16_compiled')} | **{r['ratio_bf16']:.2f}** | {r['peak_pct']:.0f}% |")
+        if r["compile_s"]:
+            compiles.append(f"{r['model']} batch {r['batch']}: fp32 {r['compile_s']['timm_compiled']:.0f} s, bf16 "
+                            f"{r['compile_s']['timm_bf16_compiled']:.0f} s")
+    if compiles:
+        lines += ["", "torch.compile's first call (not counted above): " + "; ".join(compiles) + "."]
     return lines
 
 
@@ -535,6 +589,83 @@ def bench_quant(models, weights, threads, rounds):
     return lines
 
 
+def _torch_dynamic_int8(tm):
+    """timm's model with its Linear layers quantized by `torch.ao.quantization.quantize_dynamic`
+    (int8 weights, activations quantized per call): PyTorch's CPU int8 path."""
+    import copy
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # torch 2.10+ says the API moves to torchao; it still is PyTorch's own
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(tm), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def bench_int8(models, threads, rounds, n_images=32):
+    """Batch-1 int8 inference: keras_vitnt's LiteRT dynamic_int8 next to timm + quantize_dynamic, both
+    from the same (random) weights, each with its agreement with timm fp32 (which keras_vitnt fp32
+    equals) on real photos. (Full int8 LiteRT is slower and less exact on ViTs: the quant section.)"""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from keras_vitnt.data.samples import photo_crops
+    from keras_vitnt.exporter import export, run_litert
+
+    lines = [
+        f"| model | contender | ms / image (batch 1) | speed-up vs timm quantize_dynamic | top-1 agreement with timm "
+        f"fp32 ({n_images} photos) | correlation with timm fp32 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            tm = torch_model(name).eval()
+            ckpt = os.path.join(tmp, f"{name}.safetensors")
+            save_file({k: v.detach().contiguous() for k, v in tm.state_dict().items()}, ckpt)
+            model = keras_model(name, weights=ckpt)  # timm's weights, timm's input (normalised)
+            cfg = tm.pretrained_cfg
+            x = photo_crops(n_images, model.input_shape[1]) / 255.0
+            x = ((x - np.array(cfg["mean"])) / np.array(cfg["std"])).astype("float32")
+            tq = _torch_dynamic_int8(tm)
+            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+            def torch_out(m):
+                with torch.inference_mode():
+                    return torch.cat([m(xt[i:i + 1]) for i in range(len(xt))]).numpy()
+
+            def torch_call(m):
+                one = xt[:1]
+
+                def run():
+                    with torch.inference_mode():
+                        m(one)
+
+                return run
+
+            contenders = {"timm fp32 eager": tm, "timm quantize_dynamic int8": tq}
+            outs = {k: torch_out(m) for k, m in contenders.items()}
+            runners = {k: torch_call(m) for k, m in contenders.items()}
+            outs["keras_vitnt fp32"] = np.asarray(model.predict(x, verbose=0, batch_size=16))
+            runners["keras_vitnt fp32"] = lambda: model.predict_on_batch(x[:1])
+            path = os.path.join(tmp, f"{name}_dynamic_int8.tflite")
+            export(model, path, quantization="dynamic_int8", sample_data=x[:4])
+            outs["keras_vitnt LiteRT dynamic_int8"] = run_litert(path, x, num_threads=threads)
+            runners["keras_vitnt LiteRT dynamic_int8"] = _litert_call(path, x[:1], threads)
+            times = interleaved_times(runners, rounds)
+            for key in runners:
+                ref = outs["timm fp32 eager"]  # keras_vitnt fp32 gives the same logits (same weights)
+                out = np.asarray(outs[key], "float64")
+                agree = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
+                corr = float(np.corrcoef(np.ravel(ref), np.ravel(out))[0, 1])
+                ms = 1000 * statistics.median(times[key])
+                ratio = speedup(times, key, "timm quantize_dynamic int8")
+                lines.append(f"| {name} | {key} | {ms:.1f} | **{ratio:.2f}** | {100 * agree:.1f}% | {corr:.4f} |")
+                print(f"  {name} {key}: {ms:.1f} ms, {ratio:.2f}x timm int8, agreement {100 * agree:.1f}%, "
+                      f"correlation {corr:.4f}", flush=True)
+    return lines
+
+
 def _timm_runners(name, batch):
     """timm fp32 eager, bf16 autocast eager, and an AdamW step: the in-process references."""
     import numpy as np
@@ -543,16 +674,8 @@ def _timm_runners(name, batch):
     tm = torch_model(name).eval()
     size = tm.pretrained_cfg["input_size"][1]
     xt = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
-
-    def fp32():
-        with torch.inference_mode():
-            tm(xt)
-
-    def bf16():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            tm(xt)
-
-    return {"timm": fp32, "timm_bf16": bf16}, _torch_train_step(name, batch)
+    runners, _ = timm_inference_runners(tm, xt, compiled=False)
+    return runners, _torch_train_step(name, batch)
 
 
 def backend_child(models, batch, rounds, threads):
@@ -636,16 +759,32 @@ def bench_backends(models, batch, rounds, threads):
 # --- the run -------------------------------------------------------------------------------------
 
 
-def machine_line(threads):
-    cpu = platform.processor() or "unknown CPU"
-    flags = ""
+PERF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # what the kernels pick
+
+
+def cpu_info(path="/proc/cpuinfo"):
+    """(model name, [the CPU flags of PERF_FLAGS it has]); the flags decide which bf16/int8 kernels
+    oneDNN and PyTorch use (AMX or AVX-512), so every table says them."""
+    cpu, flags = platform.processor() or "unknown CPU", []
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             info = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = "AVX512_BF16" if "avx512_bf16" in info else ("AVX-512" if "avx512f" in info else "")
-    except (OSError, StopIteration):
-        pass
+    except OSError:
+        return cpu, flags
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and cpu == (platform.processor() or "unknown CPU"):
+            cpu = value.strip()
+        elif key.strip() == "flags":
+            have = set(value.split())
+            flags = [f for f in PERF_FLAGS if f in have]
+            break
+    return cpu, flags
+
+
+def machine_line(threads):
+    cpu, flags = cpu_info()
+    flags = "flags: " + " ".join(flags) if flags else "none of " + " ".join(PERF_FLAGS)
     import keras
     import tensorflow as tf
 
@@ -672,6 +811,9 @@ def parse_args(argv):
     p.add_argument("--litert-models", nargs="+", default=LITERT_MODELS)
     p.add_argument("--quant-models", nargs="+", default=QUANT_MODELS)
     p.add_argument("--backend-models", nargs="+", default=TRAIN_MODELS)
+    p.add_argument("--int8-models", nargs="+", default=LITERT_MODELS)
+    p.add_argument("--no-compile", action="store_true", help="inference section: leave out timm + torch.compile "
+                   "(its first call compiles, 20-60 s per model, batch and precision)")
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
@@ -729,8 +871,11 @@ def main(argv=None):
                        "img/s from the median time; a ratio is the median over rounds of the two times taken "
                        "back to back.", "",
                        "`model.predict_on_batch` in fp32 and under "
-                       "`keras.config.set_dtype_policy(\"mixed_bfloat16\")`; timm fp32 under `torch.inference_mode()`."],
-         lambda: bench_inference(args.models, args.batches, args.rounds, peak)),
+                       "`keras.config.set_dtype_policy(\"mixed_bfloat16\")`; timm under `torch.inference_mode()`, "
+                       "in fp32 and under `torch.autocast(\"cpu\", dtype=torch.bfloat16)`, eager and through "
+                       "`torch.compile(dynamic=False)` (ResNet-50: eager only). Each keras_vitnt ratio is to the "
+                       "fastest timm setting of its precision, round by round."],
+         lambda: bench_inference(args.models, args.batches, args.rounds, peak, compiled=not args.no_compile)),
         ("training", [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, {args.rounds} "
                       "interleaved rounds, ratios as above)"],
          lambda: bench_training(args.train_models, args.train_batch, args.rounds)),
@@ -740,6 +885,14 @@ def main(argv=None):
         ("litert", [f"## LiteRT, batch 1 (XNNPACK, {args.threads} threads, median of {args.litert_rounds} "
                     "rounds, real-photo input, random weights)"],
          lambda: bench_litert(args.litert_models, args.threads, args.litert_rounds)),
+        ("int8", [f"## int8 on CPU, batch 1 ({args.threads} threads, median of {args.litert_rounds} interleaved "
+                  "rounds, timm's random weights in both)", "",
+                  "keras_vitnt: `keras_vitnt.export(model, path, quantization=\"dynamic_int8\")` under the stock "
+                  "LiteRT interpreter (full int8 is slower on ViTs: see the quantisation table); timm: "
+                  "`torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)`. Agreement: "
+                  "with timm fp32 on real photos (random weights: it shows how much quantization moves the "
+                  "outputs, not accuracy)."],
+         lambda: bench_int8(args.int8_models, args.threads, args.litert_rounds)),
         ("bf16", ["## mixed_bfloat16 accuracy against fp32"], lambda: bench_bf16(args.train_models, args.weights)),
         ("quant", [f"## Quantisation: size, batch-1 latency ({args.threads} threads, median of {args.litert_rounds} "
                    "interleaved rounds) and agreement with Keras fp32", "",

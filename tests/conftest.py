@@ -1,3 +1,4 @@
+import gc
 import os
 import sys
 
@@ -15,13 +16,42 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+GC_GROWTH_MB = 1024  # collect when the process has grown this much since the last collection
+_rss_after_gc = [0.0]
+
+
+def _rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):  # not Linux: no measure, Python's own collector only
+        return 0.0
+
+
+def _malloc_trim():
+    """Hand the freed heap back to the system (glibc keeps it otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
     keras.utils.set_random_seed(0)
     yield
-    # without Keras's gc.collect(): it took 0.3-0.6 s after every test (a heap holding torch, timm and
-    # TensorFlow); Python's own collector still frees the cycles
+    # without Keras's gc.collect() after every test: it took 0.3-0.6 s each (a heap holding torch, timm and
+    # TensorFlow). But the models' cycles wait for Python's oldest generation, and the process grew to
+    # 9.7 GB in the reduced-depth parity tests alone (7.6 GB collecting after each): two pytest-xdist
+    # workers and a job beside them came to 20 of this machine's 24 GB. So collect when it grew by 1 GB.
     keras.backend.clear_session(free_memory=False)
+    rss = _rss_mb()
+    if rss - _rss_after_gc[0] > GC_GROWTH_MB:
+        gc.collect()
+        _malloc_trim()
+        _rss_after_gc[0] = _rss_mb()
 
 
 @pytest.fixture
@@ -29,8 +59,6 @@ def fast_quantize(monkeypatch):
     """Keras runs gc.collect() each time `model.quantize` deletes a float kernel: 0.35 s per Dense
     layer in this process's heap (torch, timm and TensorFlow), most of the quantizing tests' time.
     Python's collector still runs on its own."""
-    import gc
-
     monkeypatch.setattr(gc, "collect", lambda *args: 0)
 
 
@@ -62,12 +90,35 @@ JOB_TIMEOUT = 1500  # seconds
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "background(job): the test reads the result of a tests/background_jobs.py job")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs the group's tests in one worker")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's loadgroup reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    """The `background` tests go last, each job's tests together."""
+    """The `background` tests go last, each job's tests together. Under pytest-xdist (`make test` runs
+    `-n 2 --dist loadgroup`) the tests that share a costly session fixture (a job, the digits runs) go
+    to one worker, so that it runs once."""
+    for item in items:
+        job = item.get_closest_marker("background")
+        if job is not None:
+            item.add_marker(pytest.mark.xdist_group(f"job_{job.args[0]}"))
+        elif "digits_runs" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("digits_runs"))
     waiting = [item for item in items if item.get_closest_marker("background")]
     items[:] = [item for item in items if not item.get_closest_marker("background")] + waiting
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """On the pytest-xdist controller: a worker's grouped tests carry "@group" in their ids. Without it,
+    each worker would run the jobs and the digits training again (pytest 9.2 broke it silently:
+    pytest-dev/pytest-xdist#1386)."""
+    if node.config.getvalue("dist") == "loadgroup":
+        lost = [i for i in ids if i.startswith("tests/test_backends.py") and "@" not in i]
+        if lost:
+            pytest.exit(f"pytest-xdist's --dist loadgroup kept no group (e.g. {lost[0]}): this pytest and "
+                        f"pytest-xdist do not work together; install pytest<9.2 (pip install -e '.[test]')",
+                        returncode=4)
 
 
 @pytest.fixture(scope="session")

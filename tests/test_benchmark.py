@@ -35,19 +35,21 @@ def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     # restart itself with timm imported first instead of crashing
     out = tmp_path / "bench.md"
     cmd = [os.path.join(os.path.dirname(sys.executable), "keras-vitnt"), "benchmark", "--sections", "inference",
-           "--models", "vit_tiny_patch16_224", "--batches", "1", "--rounds", "1", "--out", str(out)]
+           "--models", "vit_tiny_patch16_224", "--batches", "1", "--rounds", "1", "--no-compile", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "Measured matmul peak" in text and "| vit_tiny_patch16_224 | 1 | 2.5 |" in text
+    assert re.search(r"Machine: .*\((flags: [a-z0-9_ ]+|none of avx2 .*)\)", text), text[:500]  # the CPU's flags
     peak = float(re.search(r"fp32 (\d+) GFLOP/s", text).group(1))
     row = next(line for line in text.splitlines() if line.startswith("| vit_tiny"))
-    _, _, batch, gflop, keras_ips, timm_ips, ratio, bf16_ips, bf16_ratio, peak_pct, _ = (
-        c.strip().strip("*%") for c in row.split("|"))
+    _, _, batch, gflop, keras_ips, timm_ips, compiled, ratio, bf16_ips, timm_bf16, compiled_bf16, bf16_ratio, \
+        peak_pct, _ = (c.strip().strip("*%") for c in row.split("|"))
+    assert compiled == compiled_bf16 == "-", row  # --no-compile
     # one round: a ratio (median of per-round ratios) is the two img/s columns divided; each
     # printed number is rounded, so the check is against the interval the rounding leaves
     assert within(ratio, divided(keras_ips, timm_ips)), row
-    assert within(bf16_ratio, divided(bf16_ips, timm_ips)), row
+    assert within(bf16_ratio, divided(bf16_ips, timm_bf16)), row  # against timm's bf16, not its fp32
     assert within(peak_pct, [100 * v / p for v in times(keras_ips, gflop) for p in bounds(str(peak))]), row
 
 
@@ -90,3 +92,48 @@ def test_a_slower_contender_times_longer_and_gets_a_ratio_below_one():
                                         rounds=3, warmup=0)
     assert min(times["slow"]) >= 0.02 and max(times["fast"]) < min(times["slow"])  # each time is its own runner's
     assert benchmark.speedup(times, "slow", "fast") < 0.5 < 2 < benchmark.speedup(times, "fast", "slow")
+
+
+def test_speedup_best_takes_the_fastest_reference_of_each_round():
+    times = {"keras": [1.0, 1.0, 1.0], "eager": [2.0, 1.0, 3.0], "compiled": [1.5, 4.0, 0.5]}
+    # rounds: min(2, 1.5) / 1, min(1, 4) / 1, min(3, 0.5) / 1 -> 1.5, 1, 0.5
+    assert benchmark.speedup_best(times, "keras", ["eager", "compiled"]) == 1.0
+    assert benchmark.speedup_best(times, "keras", ["eager"]) == 2.0
+
+
+def test_cpu_info_reads_the_model_and_the_flags_that_pick_kernels(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                    "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8\n\n"
+                    "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
+    assert benchmark.cpu_info(str(info)) == ("Intel(R) Xeon(R) Processor", ["avx2", "avx512f", "avx512_bf16",
+                                                                            "amx_bf16", "amx_int8"])
+
+
+def test_timm_runners_compiled_and_bf16_give_the_eager_fp32_outputs():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 10)).eval()
+    x = torch.randn(4, 32)
+    runners, compile_s = benchmark.timm_inference_runners(model, x)
+    assert sorted(runners) == ["timm", "timm_bf16", "timm_bf16_compiled", "timm_compiled"]
+    assert sorted(compile_s) == ["timm_bf16_compiled", "timm_compiled"] and min(compile_s.values()) > 0
+    outs = {k: run() for k, run in runners.items()}
+    assert outs["timm_bf16"].dtype == outs["timm_bf16_compiled"].dtype == torch.bfloat16  # autocast is on
+    ref = outs["timm"]
+    assert torch.allclose(outs["timm_compiled"], ref, atol=1e-5)
+    for key in ("timm_bf16", "timm_bf16_compiled"):
+        assert 0 < (outs[key].float() - ref).abs().max() < 0.05 * ref.abs().max(), key  # bf16: close, not equal
+
+
+def test_int8_section_times_both_int8_paths_on_the_same_weights():
+    lines = benchmark.bench_int8(["vit_tiny_patch16_224"], threads=2, rounds=1, n_images=8)
+    rows = {c[2]: c for c in ([x.strip().strip("*%") for x in line.split("|")] for line in lines[2:])}
+    assert sorted(rows) == ["keras_vitnt LiteRT dynamic_int8", "keras_vitnt fp32", "timm fp32 eager",
+                            "timm quantize_dynamic int8"]
+    assert rows["timm quantize_dynamic int8"][4] == "1.00"  # the reference of the speed-ups
+    # keras_vitnt fp32 gives timm's logits: the two int8 paths start from the same model
+    assert rows["keras_vitnt fp32"][5:7] == ["100.0", "1.0000"], rows["keras_vitnt fp32"]
+    for key in ("timm quantize_dynamic int8", "keras_vitnt LiteRT dynamic_int8"):
+        assert 0.98 < float(rows[key][6]) < 1.0, rows[key]  # quantized: close to fp32, not equal
