@@ -33,8 +33,11 @@ def test_from_scratch_on_digits_reaches_the_floor(digits_runs, kind):
 
 
 def small_cfg(out, **kw):
+    """A tiny run of the recipe. Without XLA unless asked: its compile was most of a 1-2 epoch run here,
+    and the digits runs above (the demo's settings) and test_mixed_bfloat16_training train with it."""
     base = dict(model="vit:Ti/4", weights="none", data="digits", image_size=16, epochs=2, batch_size=64, lr=2e-3,
-                augment="none", flip=False, out=str(out), overrides=dict(embed_dim=48, depth=2, num_heads=3))
+                augment="none", flip=False, out=str(out), overrides=dict(embed_dim=48, depth=2, num_heads=3),
+                jit_compile=False)
     return TrainConfig(**{**base, **kw})
 
 
@@ -113,7 +116,7 @@ def test_killed_run_resumes_from_backup_and_finishes_the_epochs(tmp_path):
 
 
 def test_mixed_bfloat16_training(tmp_path):
-    result = train(small_cfg(tmp_path / "run", epochs=1, mixed_precision="mixed_bfloat16"), verbose=0)
+    result = train(small_cfg(tmp_path / "run", epochs=1, mixed_precision="mixed_bfloat16", jit_compile=True), verbose=0)
     assert np.isfinite(result.history["loss"]).all()
     assert result.model.dtype_policy.name == "mixed_bfloat16"
     out = result.model.predict_on_batch(np.zeros((2, 16, 16, 3), "float32"))
@@ -398,10 +401,15 @@ for name in ("model.keras", "best.keras"):
 # --- the demo ---------------------------------------------------------------------------
 
 
-def test_demo_runs_end_to_end_and_overwrite_replaces_only_its_own_run(tmp_path):
+def test_demo_runs_end_to_end_and_overwrite_replaces_only_its_own_run(tmp_path, monkeypatch):
     """`make demo` with 1 epoch per model: every file of the report; a re-run needs --overwrite,
-    which keeps a user's file in the folder and never touches a folder that is not a demo run."""
+    which keeps a user's file in the folder and never touches a folder that is not a demo run.
+    Without XLA: its compile was a third of this test (70 against 47 s); the digits runs above train
+    the demo's settings with it."""
     import json
+
+    settings = demo.demo_config
+    monkeypatch.setattr(demo, "demo_config", lambda *args, **kw: settings(*args, **{"jit_compile": False, **kw}))
 
     out = tmp_path / "demo"
     results = demo.run(out=str(out), epochs=1, verbose=0)
