@@ -34,7 +34,8 @@ test-all: $(VENV)/.stamp-test
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/keras-vitnt demo --overwrite
 
-# the README's performance, quantisation and backend tables (about 55 minutes on 2 cores); needs timm (and jax), hence the test extra
+# the README's performance, quantisation and backend tables (about 70 minutes on 2 cores: torch.compile of timm
+# adds 13-41 s per model, batch and precision); needs timm (and jax), hence the test extra
 benchmark: $(VENV)/.stamp-test
 	$(VENV)/bin/keras-vitnt benchmark --rounds 5 --overwrite
 
