@@ -215,12 +215,21 @@ def timm_inference_runners(tm, xt, compiled=True):
 
     fns, compile_s = {"timm": fp32, "timm_bf16": bf16}, {}
     if compiled:
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        # fp32/bf16 are one code object for every model and batch: dynamo's cache for it would pass its
+        # recompile limit (8) within the default model list and run the rest eager, with only a warning
+        torch._dynamo.reset()
         for key in ("timm", "timm_bf16"):
             fn = torch.compile(fns[key], dynamic=False)
+            graphs = counters["stats"]["unique_graphs"]
             t0 = time.perf_counter()
             with torch.inference_mode():
                 fn(xt)
             compile_s[key + "_compiled"] = time.perf_counter() - t0
+            if counters["stats"]["unique_graphs"] == graphs:
+                raise RuntimeError(f"torch.compile made no graph for {key} ({type(tm).__name__}): it would time eager")
             fns[key + "_compiled"] = fn
 
     def runner(fn):
@@ -620,6 +629,7 @@ def bench_int8(models, threads, rounds, n_images=32):
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
+            torch.manual_seed(0)
             tm = torch_model(name).eval()
             ckpt = os.path.join(tmp, f"{name}.safetensors")
             save_file({k: v.detach().contiguous() for k, v in tm.state_dict().items()}, ckpt)
@@ -763,9 +773,9 @@ PERF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_
 
 
 def cpu_info(path="/proc/cpuinfo"):
-    """(model name, [the CPU flags of PERF_FLAGS it has]); the flags decide which bf16/int8 kernels
-    oneDNN and PyTorch use (AMX or AVX-512), so every table says them."""
-    cpu, flags = platform.processor() or "unknown CPU", []
+    """(model name, [the CPU flags of PERF_FLAGS it has], or None where no flags line could be read); the
+    flags decide which bf16/int8 kernels oneDNN and PyTorch use (AMX or AVX-512), so every table says them."""
+    cpu, flags = platform.processor() or "unknown CPU", None  # None: not read (no /proc/cpuinfo, no flags line)
     try:
         with open(path) as f:
             info = f.read()
@@ -784,7 +794,10 @@ def cpu_info(path="/proc/cpuinfo"):
 
 def machine_line(threads):
     cpu, flags = cpu_info()
-    flags = "flags: " + " ".join(flags) if flags else "none of " + " ".join(PERF_FLAGS)
+    if flags is None:
+        flags = "CPU flags unknown"
+    else:
+        flags = "flags: " + " ".join(flags) if flags else "none of " + " ".join(PERF_FLAGS)
     import keras
     import tensorflow as tf
 
@@ -813,7 +826,7 @@ def parse_args(argv):
     p.add_argument("--backend-models", nargs="+", default=TRAIN_MODELS)
     p.add_argument("--int8-models", nargs="+", default=LITERT_MODELS)
     p.add_argument("--no-compile", action="store_true", help="inference section: leave out timm + torch.compile "
-                   "(its first call compiles, 20-60 s per model, batch and precision)")
+                   "(its first call compiles: 13-41 s per model, batch and precision on ViT-S and TNT-S here)")
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)

@@ -1,6 +1,7 @@
 """The suite's jobs that run in processes of their own (other Keras backends, several workers).
 conftest.py's `background_job` fixture runs each once, when the first test marked
-`background(JOB)` needs it (those tests run last), and the tests assert on what it wrote.
+`background(JOB)` needs it (those tests run last in one process; under `make test`'s pytest-xdist,
+each job's tests on one worker), and the tests assert on what it wrote.
 
     python tests/background_jobs.py WORK_DIR JOB [JOB ...]
 

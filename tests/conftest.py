@@ -45,7 +45,8 @@ def _fresh_keras_session():
     # without Keras's gc.collect() after every test: it took 0.3-0.6 s each (a heap holding torch, timm and
     # TensorFlow). But the models' cycles wait for Python's oldest generation, and the process grew to
     # 9.7 GB in the reduced-depth parity tests alone (7.6 GB collecting after each): two pytest-xdist
-    # workers and a job beside them came to 20 of this machine's 24 GB. So collect when it grew by 1 GB.
+    # workers and a job beside them came to 20.4 of this machine's 24 GB (17-19 GB since this). So
+    # collect when the worker grew by 1 GB.
     keras.backend.clear_session(free_memory=False)
     rss = _rss_mb()
     if rss - _rss_after_gc[0] > GC_GROWTH_MB:
@@ -95,9 +96,9 @@ def pytest_configure(config):
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's loadgroup reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    """The `background` tests go last, each job's tests together. Under pytest-xdist (`make test` runs
-    `-n 2 --dist loadgroup`) the tests that share a costly session fixture (a job, the digits runs) go
-    to one worker, so that it runs once."""
+    """The `background` tests go last, each job's tests together (in one process). Under pytest-xdist
+    (`make test` runs `-n 2 --dist loadgroup`) the tests that share a costly session fixture (a job, the
+    digits runs) go to one worker, so that it runs once; xdist then sends the largest groups first."""
     for item in items:
         job = item.get_closest_marker("background")
         if job is not None:

@@ -40,7 +40,7 @@ def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "Measured matmul peak" in text and "| vit_tiny_patch16_224 | 1 | 2.5 |" in text
-    assert re.search(r"Machine: .*\((flags: [a-z0-9_ ]+|none of avx2 .*)\)", text), text[:500]  # the CPU's flags
+    assert re.search(r"Machine: .*\((flags: [a-z0-9_ ]+|none of avx2 .*|CPU flags unknown)\)", text), text[:500]
     peak = float(re.search(r"fp32 (\d+) GFLOP/s", text).group(1))
     row = next(line for line in text.splitlines() if line.startswith("| vit_tiny"))
     _, _, batch, gflop, keras_ips, timm_ips, compiled, ratio, bf16_ips, timm_bf16, compiled_bf16, bf16_ratio, \
@@ -108,6 +108,9 @@ def test_cpu_info_reads_the_model_and_the_flags_that_pick_kernels(tmp_path):
                     "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
     assert benchmark.cpu_info(str(info)) == ("Intel(R) Xeon(R) Processor", ["avx2", "avx512f", "avx512_bf16",
                                                                             "amx_bf16", "amx_int8"])
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # an ARM CPU: no x86 flags line
+    assert benchmark.cpu_info(str(info))[1] is None
+    assert benchmark.cpu_info(str(tmp_path / "absent"))[1] is None
 
 
 def test_timm_runners_compiled_and_bf16_give_the_eager_fp32_outputs():
@@ -119,6 +122,9 @@ def test_timm_runners_compiled_and_bf16_give_the_eager_fp32_outputs():
     runners, compile_s = benchmark.timm_inference_runners(model, x)
     assert sorted(runners) == ["timm", "timm_bf16", "timm_bf16_compiled", "timm_compiled"]
     assert sorted(compile_s) == ["timm_bf16_compiled", "timm_compiled"] and min(compile_s.values()) > 0
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] >= 2  # compiled, not a silent eager fallback (checked inside too)
     outs = {k: run() for k, run in runners.items()}
     assert outs["timm_bf16"].dtype == outs["timm_bf16_compiled"].dtype == torch.bfloat16  # autocast is on
     ref = outs["timm"]
