@@ -9,7 +9,7 @@ these machines are shared and drift by 2x from hour to hour: only ratios taken i
 same run are stable. Sections:
 
 - inference: `model.predict_on_batch` (the plain user path) in fp32 and under Keras's
-  `mixed_bfloat16` policy, next to timm at its best: fp32 and bf16 autocast, each eager and
+  `mixed_bfloat16` policy, next to timm's faster settings: fp32 and bf16 autocast, each eager and
   through `torch.compile` (compile time reported apart, `--no-compile` leaves it out), under
   `torch.inference_mode`; the ratios are to the fastest timm setting of the same precision.
   `keras.applications.ResNet50` (next to torchvision's, eager) is the CNN baseline. The matmul
