@@ -21,9 +21,9 @@ same run are stable. Sections:
   inference / a training step, for both frameworks.
 - litert: batch-1 latency of the exported .tflite files (fp32, float16, dynamic_int8,
   int8) under the stock interpreter, next to Keras.
-- int8: batch-1 latency of keras_vitnt's LiteRT dynamic_int8 and int8 files next to timm with
+- int8: batch-1 latency of keras_vitnt's LiteRT dynamic_int8 file next to timm with
   `torch.ao.quantization.quantize_dynamic` (Linear layers), same weights, each with its
-  agreement with its own fp32 model.
+  agreement with timm fp32 (which keras_vitnt fp32 equals).
 - bf16: accuracy of mixed_bfloat16 against fp32: logit error and top-1 agreement on the
   real digits images for the demo's trained ViT and TNT, and the logit error of the
   ImageNet-size models on real photos.
@@ -775,21 +775,21 @@ PERF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_
 def cpu_info(path="/proc/cpuinfo"):
     """(model name, [the CPU flags of PERF_FLAGS it has], or None where no flags line could be read); the
     flags decide which bf16/int8 kernels oneDNN and PyTorch use (AMX or AVX-512), so every table says them."""
-    cpu, flags = platform.processor() or "unknown CPU", None  # None: not read (no /proc/cpuinfo, no flags line)
+    model, flags = None, None  # flags None: not read (no /proc/cpuinfo, no flags line)
     try:
         with open(path) as f:
             info = f.read()
     except OSError:
-        return cpu, flags
+        info = ""
     for line in info.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and cpu == (platform.processor() or "unknown CPU"):
-            cpu = value.strip()
+        if key.strip() == "model name" and model is None:
+            model = value.strip()
         elif key.strip() == "flags":
             have = set(value.split())
             flags = [f for f in PERF_FLAGS if f in have]
             break
-    return cpu, flags
+    return model or platform.processor() or "unknown CPU", flags
 
 
 def machine_line(threads):

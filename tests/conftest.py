@@ -21,9 +21,10 @@ _rss_after_gc = [0.0]
 
 
 def _rss_mb():
+    from keras_vitnt.benchmark import _status_mb
+
     try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        return _status_mb("VmRSS")
     except (OSError, StopIteration):  # not Linux: no measure, Python's own collector only
         return 0.0
 
