@@ -50,6 +50,7 @@ setup(
             "nbformat",
             "ipykernel",
             "jax[cpu]>=0.4.30",  # the JAX backend's tests (tests/test_backends.py, JAX distribution)
+            "openvino>=2025.1",  # format="openvino" and OpenVINOModel, and the benchmark's OpenVINO columns
         ],
         # Keras 3 backends besides TensorFlow (KERAS_BACKEND=jax / torch); TensorFlow stays installed for
         # the tf.data recipe and for export, which rebuilds the model on TensorFlow
@@ -57,6 +58,8 @@ setup(
         "jax-cuda": ["jax[cuda12]>=0.4.30"],
         "torch": ["torch>=2.4"],
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
+        # fast CPU inference: export(model, path, format="openvino") run by keras_vitnt.OpenVINOModel
+        "openvino": ["openvino>=2025.1"],
         "datasets": ["tensorflow-datasets"],
         "litert": ["ai-edge-litert"],
     },

@@ -15,6 +15,7 @@ Where things live (each package imports only those listed before it):
   models/    one typed config per architecture (`config.py`), the registry of timm names,
              the resolver of the `weights` argument, the trunks, the builder, the constructors.
   exporter, features, train, visualize, benchmark, demo   use models/ and weights/
+  openvino_runtime   runs OpenVINO exports (OpenVINOModel); imports no Keras
   cli        the `keras-vitnt` command, over all of the above
 """
 
@@ -36,6 +37,7 @@ _PUBLIC = {
     "feature_extractor": "keras_vitnt.features",
     "decode_predictions": "keras_vitnt.data.imagenet",
     "load_image": "keras_vitnt.data.images",
+    "OpenVINOModel": "keras_vitnt.openvino_runtime",
     "CheckpointMismatchError": "keras_vitnt.weights.convert",
     "WeightsUnavailableError": "keras_vitnt.weights.hub",
 }

@@ -8,10 +8,12 @@ Every comparison alternates the contenders round by round and reports medians, b
 these machines are shared and drift by 2x from hour to hour: only ratios taken in the
 same run are stable. Sections:
 
-- inference: `model.predict_on_batch` (the plain user path) in fp32 and under Keras's
-  `mixed_bfloat16` policy, next to timm's faster settings: fp32 and bf16 autocast, each eager and
-  through `torch.compile` (compile time reported apart, `--no-compile` leaves it out), under
-  `torch.inference_mode`; the ratios are to the fastest timm setting of the same precision.
+- inference: keras_vitnt's two CPU paths, `model.predict_on_batch` (TensorFlow, the plain user
+  path) in fp32 and under Keras's `mixed_bfloat16` policy, and the OpenVINO export run by
+  `OpenVINOModel` at f32 and bf16, next to timm's fastest settings: fp32 and bf16 autocast, each
+  eager and through `torch.compile` with Inductor's freezing (compile time reported apart,
+  `--no-compile` leaves it out), under `torch.inference_mode`; the ratios are to the fastest
+  timm setting of the same precision.
   `keras.applications.ResNet50` (next to torchvision's, eager) is the CNN baseline. The matmul
   FLOPs of each model are counted on its graph; "% of peak" is the fp32 path's FLOP rate
   over the fp32 matmul peak (a 2048^3 `tf.matmul`) measured at the start of the run.
@@ -202,8 +204,10 @@ def matmul_peak(threads, rounds=5, n=2048):
 def timm_inference_runners(tm, xt, compiled=True):
     """The PyTorch user's settings for inference, each under `torch.inference_mode()`: timm fp32
     ("timm"), under `torch.autocast("cpu", dtype=torch.bfloat16)` ("timm_bf16"), and both through
-    `torch.compile` ("timm_compiled", "timm_bf16_compiled"; compiled here by a first call, whose
-    seconds are returned apart: {name: fn}, {name: compile seconds})."""
+    `torch.compile` with Inductor's `freezing` (weights folded and prepacked for oneDNN, PyTorch's
+    recommended CPU inference setting: +10% fp32, +50% bf16 on ViT-S here; "timm_compiled",
+    "timm_bf16_compiled"; compiled by a first call, whose seconds are returned apart:
+    {name: fn}, {name: compile seconds})."""
     import torch
 
     def fp32(x):
@@ -216,6 +220,7 @@ def timm_inference_runners(tm, xt, compiled=True):
     fns, compile_s = {"timm": fp32, "timm_bf16": bf16}, {}
     if compiled:
         import torch._dynamo
+        import torch._inductor.config
         from torch._dynamo.utils import counters
 
         # fp32/bf16 are one code object for every model and batch: dynamo's cache for it would pass its
@@ -225,7 +230,7 @@ def timm_inference_runners(tm, xt, compiled=True):
             fn = torch.compile(fns[key], dynamic=False)
             graphs = counters["stats"]["unique_graphs"]
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), torch._inductor.config.patch(freezing=True):  # read when it compiles
                 fn(xt)
             compile_s[key + "_compiled"] = time.perf_counter() - t0
             if counters["stats"]["unique_graphs"] == graphs:
@@ -242,56 +247,99 @@ def timm_inference_runners(tm, xt, compiled=True):
     return {k: runner(fn) for k, fn in fns.items()}, compile_s
 
 
-def bench_inference(models, batches, rounds, peak, compiled=True):
+def openvino_runners(km, x, workdir, threads):
+    """keras_vitnt's OpenVINO path on the batch `x`: `export(km, format="openvino")` (checked in
+    f32 by the export) run by `OpenVINOModel` at "f32" ("ov") and, where the CPU computes
+    bfloat16 natively, "bf16" ("ov_bf16"). {} without the openvino package."""
+    if importlib.util.find_spec("openvino") is None:
+        return {}
+    from keras_vitnt.exporter import export
+    from keras_vitnt.openvino_runtime import OpenVINOModel, supported_precisions
+
+    path = os.path.join(workdir, f"{km.name}_openvino")
+    if not os.path.exists(path):
+        export(km, path, format="openvino")
+    runners = {}
+    for key, precision in (("ov", "f32"), ("ov_bf16", "bf16")):
+        if precision in supported_precisions():
+            model = OpenVINOModel(path, precision=precision, threads=threads)
+            runners[key] = lambda model=model: model(x)
+    return runners
+
+
+FP32_PATHS = (("keras", "keras_vitnt TF `predict_on_batch`"), ("ov", "keras_vitnt OpenVINO f32"))
+BF16_PATHS = (("bf16", "keras_vitnt TF mixed_bfloat16"), ("ov_bf16", "keras_vitnt OpenVINO bf16"))
+
+
+def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
     import numpy as np
     import torch
 
     rows = []
-    for name in models:
-        km = keras_model(name)
-        kb = keras_model(name, policy="mixed_bfloat16")
-        kb.set_weights(km.get_weights())
-        tm = torch_model(name).eval()
-        gflop = matmul_flops(km) / 1e9
-        size = km.input_shape[1]
-        for batch in batches:
-            x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
-            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            runners, compile_s = timm_inference_runners(tm, xt, compiled and name != "resnet50")
-            runners.update({"keras": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x)})
-            times = interleaved_times(runners, rounds)
-            ips = {k: batch / statistics.median(v) for k, v in times.items()}
-            fp32_refs = [k for k in ("timm", "timm_compiled") if k in times]
-            bf16_refs = [k for k in ("timm_bf16", "timm_bf16_compiled") if k in times]
-            row = dict(model=name, batch=batch, gflop=gflop, ips=ips, compile_s=compile_s,
-                       ratio=speedup_best(times, "keras", fp32_refs), ratio_bf16=speedup_best(times, "bf16", bf16_refs),
-                       peak_pct=100 * ips["keras"] * gflop / peak["float32"])
-            rows.append(row)
-            print(f"  {name} batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items())
-                  + f" img/s; fp32 {row['ratio']:.2f}x the fastest timm fp32, bf16 {row['ratio_bf16']:.2f}x the "
-                  f"fastest timm bf16, {row['peak_pct']:.0f}% of peak", flush=True)
-    lines = [
-        "| model | batch | GFLOP/img | keras_vitnt fp32 img/s | timm fp32 eager | timm fp32 torch.compile | "
-        "**fp32: keras_vitnt / fastest timm** | keras_vitnt mixed_bfloat16 | timm bf16 autocast eager | "
-        "timm bf16 autocast torch.compile | **bf16: keras_vitnt / fastest timm bf16** | fp32 % of matmul peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    with tempfile.TemporaryDirectory(prefix="keras_vitnt_bench-") as workdir:
+        for name in models:
+            km = keras_model(name)
+            kb = keras_model(name, policy="mixed_bfloat16")
+            kb.set_weights(km.get_weights())
+            tm = torch_model(name).eval()
+            gflop = matmul_flops(km) / 1e9
+            size = km.input_shape[1]
+            for batch in batches:
+                x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
+                xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+                runners, compile_s = timm_inference_runners(tm, xt, compiled and name != "resnet50")
+                runners.update({"keras": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x)})
+                runners.update(openvino_runners(km, x, workdir, threads))
+                times = interleaved_times(runners, rounds)
+                ips = {k: batch / statistics.median(v) for k, v in times.items()}
+                refs = {"fp32": [k for k in ("timm", "timm_compiled") if k in times],
+                        "bf16": [k for k in ("timm_bf16", "timm_bf16_compiled") if k in times]}
+                ratio = {k: speedup_best(times, k, refs["bf16" if "bf16" in k else "fp32"])
+                         for k, _ in FP32_PATHS + BF16_PATHS if k in times}
+                row = dict(model=name, batch=batch, gflop=gflop, ips=ips, compile_s=compile_s, ratio=ratio,
+                           peak_pct=100 * ips["keras"] * gflop / peak["float32"])
+                rows.append(row)
+                print(f"  {name} batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items())
+                      + " img/s; to the fastest timm of the same precision: "
+                      + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()), flush=True)
 
-    def cell(ips, key):
-        return f"{ips[key]:.1f}" if key in ips else "-"
+    def cell(values, key, fmt="{:.1f}", bold=False):
+        if key not in values:
+            return "-"
+        text = fmt.format(values[key])
+        return f"**{text}**" if bold else text
 
-    compiles = []
+    def label(r):
+        return "resnet50 (keras.applications / torchvision)" if r["model"] == "resnet50" else r["model"]
+
+    lines = ["### fp32", "",
+             "| model | batch | GFLOP/img | " + " | ".join(f"{t} img/s" for _, t in FP32_PATHS)
+             + " | timm eager | timm torch.compile | " + " | ".join(f"**{t} / fastest timm**" for _, t in FP32_PATHS)
+             + " | TF % of matmul peak |",
+             "|---|---:|---:|" + "---:|" * (2 * len(FP32_PATHS) + 3)]
     for r in rows:
-        label = "resnet50 (keras.applications / torchvision)" if r["model"] == "resnet50" else r["model"]
-        ips = r["ips"]
-        lines.append(f"| {label} | {r['batch']} | {r['gflop']:.1f} | {ips['keras']:.1f} | {ips['timm']:.1f} | "
-                     f"{cell(ips, 'timm_compiled')} | **{r['ratio']:.2f}** | {ips['bf16']:.1f} | {ips['timm_bf16']:.1f} | "
-                     f"{cell(ips, 'timm_bf16_compiled')} | **{r['ratio_bf16']:.2f}** | {r['peak_pct']:.0f}% |")
-        if r["compile_s"]:
-            compiles.append(f"{r['model']} batch {r['batch']}: fp32 {r['compile_s']['timm_compiled']:.0f} s, bf16 "
-                            f"{r['compile_s']['timm_bf16_compiled']:.0f} s")
+        lines.append(f"| {label(r)} | {r['batch']} | {r['gflop']:.1f} | "
+                     + " | ".join(cell(r["ips"], k) for k, _ in FP32_PATHS)
+                     + f" | {cell(r['ips'], 'timm')} | {cell(r['ips'], 'timm_compiled')} | "
+                     + " | ".join(cell(r["ratio"], k, "{:.2f}", bold=True) for k, _ in FP32_PATHS)
+                     + f" | {r['peak_pct']:.0f}% |")
+    lines += ["", "### bfloat16", "",
+              "| model | batch | " + " | ".join(f"{t} img/s" for _, t in BF16_PATHS)
+              + " | timm autocast eager | timm autocast torch.compile | "
+              + " | ".join(f"**{t} / fastest timm bf16**" for _, t in BF16_PATHS) + " |",
+              "|---|---:|" + "---:|" * (2 * len(BF16_PATHS) + 2)]
+    for r in rows:
+        lines.append(f"| {label(r)} | {r['batch']} | " + " | ".join(cell(r["ips"], k) for k, _ in BF16_PATHS)
+                     + f" | {cell(r['ips'], 'timm_bf16')} | {cell(r['ips'], 'timm_bf16_compiled')} | "
+                     + " | ".join(cell(r["ratio"], k, "{:.2f}", bold=True) for k, _ in BF16_PATHS) + " |")
+    compiles = [f"{r['model']} batch {r['batch']}: fp32 {r['compile_s']['timm_compiled']:.0f} s, bf16 "
+                f"{r['compile_s']['timm_bf16_compiled']:.0f} s" for r in rows if r["compile_s"]]
     if compiles:
         lines += ["", "torch.compile's first call (not counted above): " + "; ".join(compiles) + "."]
+    if not any("ov" in r["ips"] for r in rows):
+        lines += ["", "OpenVINO columns: the openvino package is not installed (pip install 'keras_vitnt[openvino]')."]
+    elif not any("ov_bf16" in r["ips"] for r in rows):
+        lines += ["", "OpenVINO bf16: this CPU has no native bfloat16 (OpenVINO would emulate it)."]
     return lines
 
 
@@ -883,12 +931,16 @@ def main(argv=None):
         ("inference", [f"## Inference ({args.rounds} interleaved rounds, random weights)", "",
                        "img/s from the median time; a ratio is the median over rounds of the two times taken "
                        "back to back.", "",
-                       "`model.predict_on_batch` in fp32 and under "
-                       "`keras.config.set_dtype_policy(\"mixed_bfloat16\")`; timm under `torch.inference_mode()`, "
-                       "in fp32 and under `torch.autocast(\"cpu\", dtype=torch.bfloat16)`, eager and through "
-                       "`torch.compile(dynamic=False)` (ResNet-50: eager only). Each keras_vitnt ratio is to the "
-                       "fastest timm setting of its precision, round by round."],
-         lambda: bench_inference(args.models, args.batches, args.rounds, peak, compiled=not args.no_compile)),
+                       "keras_vitnt TF: `model.predict_on_batch` in fp32 and under "
+                       "`keras.config.set_dtype_policy(\"mixed_bfloat16\")`. keras_vitnt OpenVINO: "
+                       "`keras_vitnt.export(model, path, format=\"openvino\")` run by "
+                       "`keras_vitnt.OpenVINOModel(path, precision=\"f32\" | \"bf16\", threads=...)`. timm under "
+                       "`torch.inference_mode()`, in fp32 and under `torch.autocast(\"cpu\", dtype=torch.bfloat16)`, "
+                       "eager and through `torch.compile(dynamic=False)` with "
+                       "`torch._inductor.config.freezing = True` (ResNet-50: eager only). Each keras_vitnt ratio is "
+                       "to the fastest timm setting of its precision, round by round."],
+         lambda: bench_inference(args.models, args.batches, args.rounds, peak, compiled=not args.no_compile,
+                                 threads=args.threads)),
         ("training", [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, {args.rounds} "
                       "interleaved rounds, ratios as above)"],
          lambda: bench_training(args.train_models, args.train_batch, args.rounds)),

@@ -215,7 +215,7 @@ def _floats3(text):
 def cmd_export(args):
     """Export a model and print the parity report of the exported file."""
     from keras_vitnt.data import load_images
-    from keras_vitnt.exporter import export
+    from keras_vitnt.exporter import export, sidecar_path
 
     model_arg, _ = _model_and_inputs(args)
     quant = None if args.quantize in (None, "none") else args.quantize
@@ -242,7 +242,12 @@ def cmd_export(args):
     print(f"exported {report['path']} ({args.format}, {quant or 'fp32'}, {report['size_bytes'] / 1e6:.2f} MB)")
     print(f"parity vs Keras on {report['samples']} samples: max relative error {report['max_relative_error']:.2e}, "
           f"top-1 agreement {report.get('top1_agreement', float('nan')):.2%}, correlation {report['correlation']:.6f}")
-    print(f"metadata: {report['path'] + ('/keras_vitnt.json' if args.format == 'saved_model' else '.json')}")
+    for precision in ("bf16", "f16"):
+        if precision in report:
+            low = report[precision]
+            print(f"  run at precision='{precision}' (OpenVINOModel): max relative error "
+                  f"{low['max_relative_error']:.2e}, top-1 agreement {low.get('top1_agreement', float('nan')):.2%}")
+    print(f"metadata: {sidecar_path(report['path'], args.format)}")
     if figure:
         from keras_vitnt.quantization import report_figure, summary_lines
 
@@ -294,7 +299,8 @@ def _default_export_path(model_arg, fmt, quant, saved):
         stem = os.path.basename(model_arg).removesuffix(".keras").split(".")[0]
     else:
         stem = model_arg.split(".")[0].replace(":", "_").replace("/", "_")
-    suffix = {"litert": f"{'_' + quant if quant else ''}.tflite", "onnx": ".onnx", "saved_model": "_saved_model"}
+    suffix = {"litert": f"{'_' + quant if quant else ''}.tflite", "onnx": ".onnx", "saved_model": "_saved_model",
+              "openvino": "_openvino"}
     return os.path.join(os.path.dirname(model_arg) if saved else "saved_models", stem + suffix[fmt])
 
 
@@ -419,11 +425,14 @@ def build_parser():
     q.add_argument("model", nargs="?", metavar="MODEL", help=model_help)
     q.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     q.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
-    q = add("export", with_model=True, help="export to LiteRT (.tflite), SavedModel or ONNX, with a parity check")
+    q = add("export", with_model=True, help="export to LiteRT (.tflite), SavedModel, ONNX or OpenVINO, with a parity "
+                                            "check")
     q.add_argument("model", nargs="?", metavar="MODEL", help="the model to export")
     q.add_argument("--pooling", default=None, choices=["token", "avg", "avgmax", "max", "map"],
                    help="export the pooled features instead of the classifier (feature checkpoints have no head)")
-    q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx"])
+    q.add_argument("--format", default="litert", choices=["litert", "saved_model", "onnx", "openvino"],
+                   help="litert (.tflite, mobile), saved_model (TF Serving), onnx, openvino (a folder: fast CPU "
+                        "inference with keras_vitnt.OpenVINOModel)")
     q.add_argument("--input-size", type=_size2, default=None, metavar="H,W",
                    help="the exported input size: a timm name is built for it (position table resampled); a saved "
                         "model that takes any size is exported at it (LiteRT default: its native size)")

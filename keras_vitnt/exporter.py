@@ -1,14 +1,16 @@
 """Export for serving and mobile: SavedModel, LiteRT (.tflite, fp32 / float16 /
-dynamic_int8 / int8) and ONNX, each checked by running the exported artifact.
+dynamic_int8 / int8), ONNX and OpenVINO (fast CPU inference, `OpenVINOModel`), each checked by
+running the exported artifact.
 
 Every export:
   1. writes into a temporary sibling of the destination,
-  2. runs the artifact (LiteRT interpreter, `tf.saved_model.load`, onnxruntime) on sample
+  2. runs the artifact (LiteRT interpreter, `tf.saved_model.load`, onnxruntime, OpenVINO in f32) on sample
      inputs (real photos by default) and compares with the Keras model,
   3. refuses fp32 artifacts whose outputs differ by more than 1e-4 relative (nothing is
      left behind), and otherwise moves the artifact into place atomically,
   4. writes a sidecar JSON (`<path>.json`; inside the directory for a SavedModel) with the
-     input size, value range, mean/std, output kind, label names and the parity report.
+     input size, value range, mean/std, output kind, label names and the parity report
+     (for OpenVINO also the error of each lower precision the CPU computes natively).
 An existing destination is never replaced unless `overwrite=True`, and then only if it is an
 earlier export of this package (its sidecar says so). A mixed-precision model is exported as
 its float32 copy (same weights): LiteRT's builtin ops and ONNX have no bfloat16 kernels.
@@ -42,7 +44,8 @@ from keras_vitnt.litert import (  # noqa: F401  (run_litert, litert_ops, parity_
 
 log = logging.getLogger("keras_vitnt")
 
-FORMATS = ("litert", "saved_model", "onnx")
+FORMATS = ("litert", "saved_model", "onnx", "openvino")
+DIRECTORY_FORMATS = ("saved_model", "openvino")  # the others are one file with a <file>.json sidecar
 FP32_TOLERANCE = 1e-4
 SIDECAR = "keras_vitnt.json"  # inside a SavedModel directory; `<file>.json` beside a file
 
@@ -194,7 +197,13 @@ def run_onnx(path, x):
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-RUNNERS = {"litert": run_litert, "saved_model": run_saved_model, "onnx": run_onnx}
+def run_openvino(path, x):
+    from keras_vitnt.openvino_runtime import run_openvino as run
+
+    return run(path, x, precision="f32")
+
+
+RUNNERS = {"litert": run_litert, "saved_model": run_saved_model, "onnx": run_onnx, "openvino": run_openvino}
 
 
 # --- writers -------------------------------------------------------------------------
@@ -251,6 +260,31 @@ def _write_onnx(model, path, batch_size, size):
         )
 
 
+def _write_openvino(model, directory, batch_size, size):
+    """An OpenVINO IR (model.xml + model.bin, float32 weights) in `directory`, through Keras's own
+    exporter (the TensorFlow graph converted by `openvino.convert_model`)."""
+    import tensorflow as tf
+
+    from keras_vitnt.openvino_runtime import MODEL_FILE, _openvino
+
+    _openvino()  # ImportError with the install hint before any work
+    (h, w), c = size, model.input_shape[-1]
+    os.makedirs(directory)
+    model.export(os.path.join(directory, MODEL_FILE), format="openvino", verbose=False,
+                 input_signature=[tf.TensorSpec((batch_size, h, w, c), tf.float32, name="image")])
+
+
+def _low_precision_reports(tmp, target, samples, reference):
+    """For an OpenVINO export: how far each lower precision this CPU computes natively (bf16, f16)
+    moves the outputs, under report["bf16"] / ["f16"] (the precision is picked at load time)."""
+    if target.format != "openvino":
+        return {}
+    from keras_vitnt.openvino_runtime import run_openvino, supported_precisions
+
+    return {p: parity_report(reference, run_openvino(tmp, samples, precision=p))
+            for p in supported_precisions() if p != "f32"}
+
+
 # --- the public function ---------------------------------------------------------------
 
 
@@ -274,8 +308,9 @@ def export(
     Args:
         model: a `keras.Model` taking (B, H, W, 3) images.
         path: destination; `.tflite` for "litert", `.onnx` for "onnx", a directory for
-            "saved_model".
-        format: "litert", "saved_model" or "onnx".
+            "saved_model" and "openvino" (model.xml + model.bin: run it with
+            `keras_vitnt.OpenVINOModel(path, precision="f32" | "bf16")`).
+        format: "litert", "saved_model", "onnx" or "openvino".
         quantization: LiteRT only: None (fp32), "float16" (fp16 weights), "dynamic_int8"
             (int8 weights), or, calibrated on `representative_data` (default: 32 crops of the
             bundled real photos): "int8" (full integer), "int16x8" (int8 weights, int16
@@ -291,9 +326,9 @@ def export(
             1000-class output, none otherwise).
         batch_size: batch dimension of the artifact: an int, or None for a dynamic batch.
             Default: 1 for LiteRT (static shapes suit mobile delegates), dynamic for
-            SavedModel and ONNX.
+            SavedModel, ONNX and OpenVINO.
         input_size: (H, W) of the artifact's input, for a model that takes any size
-            (input_shape=(None, None, 3)). Default: any size for SavedModel and ONNX, the
+            (input_shape=(None, None, 3)). Default: any size for SavedModel, ONNX and OpenVINO, the
             model's native size (its position table's) for LiteRT, which wants a fixed one.
         mean, std: the normalisation a model without preprocessing inside expects, for the
             default sample and calibration images (default: the registered tag's for a timm
@@ -404,6 +439,8 @@ def _write_artifact(model, tmp, target, representative_data, size):
         _write_saved_model(model, tmp, target.batch_size, size)
     elif target.format == "onnx":
         _write_onnx(model, tmp, target.batch_size, size)
+    elif target.format == "openvino":
+        _write_openvino(model, tmp, target.batch_size, size)
     else:
         _write_litert(model, tmp, target.quantization, representative_data, target.batch_size, size)
 
@@ -456,6 +493,7 @@ def _check_parity(model, tmp, target, samples, reference=None, extra_report=None
             f"{target.path}",
             report,
         )
+    report.update(_low_precision_reports(tmp, target, samples, reference))
     return report
 
 
@@ -564,12 +602,12 @@ def _tensorflow_worker(job):
 def _write_sidecar(tmp, format, meta):
     """Writes `meta` as the sidecar of the artifact at `tmp`: inside a SavedModel directory (it
     moves with it; returns None), else `<tmp>.json` (returned, to be moved beside the file)."""
-    if format != "saved_model":  # ties the sidecar to the file it describes
+    if format not in DIRECTORY_FORMATS:  # ties the sidecar to the file it describes
         meta["sha256"] = _sha256(tmp)
-    meta_tmp = os.path.join(tmp, SIDECAR) if format == "saved_model" else tmp + ".json"
+    meta_tmp = os.path.join(tmp, SIDECAR) if format in DIRECTORY_FORMATS else tmp + ".json"
     with open(meta_tmp, "w") as f:
         json.dump(meta, f, indent=1)
-    return meta_tmp if format != "saved_model" else None
+    return meta_tmp if format not in DIRECTORY_FORMATS else None
 
 
 def _size(path):
@@ -589,31 +627,38 @@ def _class_names(class_names, io):
 
 
 def _is_our_export(path, format):
-    """Whether `path` holds an export this package wrote (its sidecar JSON with a report)."""
-    meta = os.path.join(path, SIDECAR) if format == "saved_model" else path + ".json"
+    """Whether `path` holds an export of this `format` that this package wrote (its sidecar JSON with a report)."""
     try:
-        with open(meta) as f:
-            return "report" in json.load(f)
-    except (OSError, ValueError):
+        with open(sidecar_path(path, format)) as f:
+            report = json.load(f).get("report")
+    except (OSError, ValueError, AttributeError):
         return False
+    return isinstance(report, dict) and report.get("format", format) == format
+
+
+def sidecar_path(path, format):
+    """Where an export's metadata JSON is: inside a directory format's folder, else `<file>.json`."""
+    return os.path.join(path, SIDECAR) if format in DIRECTORY_FORMATS else path + ".json"
 
 
 def _check_destination(path, format, overwrite):
     """Nothing the user made is replaced: an existing destination (or, for a file, its sidecar
     name) needs `overwrite=True` and must be an earlier keras_vitnt export of the same format."""
-    sidecar = os.path.join(path, SIDECAR) if format == "saved_model" else path + ".json"
-    taken = [p for p in ((path,) if format == "saved_model" else (path, sidecar)) if os.path.lexists(p)]
+    sidecar = sidecar_path(path, format)
+    taken = [p for p in ((path,) if format in DIRECTORY_FORMATS else (path, sidecar)) if os.path.lexists(p)]
     if not taken:
         return
     if not overwrite:
         raise FileExistsError(f"{taken[0]} already exists; pass overwrite=True (--overwrite) to replace an earlier "
                               "export there (it is left untouched)")
     is_dir = os.path.isdir(path) and not os.path.islink(path)
-    if (os.path.lexists(path) and is_dir != (format == "saved_model")) or not _is_our_export(path, format):
+    if (os.path.lexists(path) and is_dir != (format in DIRECTORY_FORMATS)) or not _is_our_export(path, format):
+        other = next((f for f in FORMATS if f != format and _is_our_export(path, f)), None)
+        what = f"a keras_vitnt {other} export" if other else f"no {sidecar} written by keras_vitnt"
         raise FileExistsError(
-            f"{path} exists and is not a keras_vitnt {format} export (no {sidecar} written by keras_vitnt): "
-            "overwrite only replaces the package's own exports. It was left untouched; choose another path or "
-            "remove it yourself."
+            f"{path} exists and is not a keras_vitnt {format} export ({what}): overwrite only replaces the "
+            f"package's own exports of the same format. It was left untouched; choose another path or remove it "
+            "yourself."
         )
 
 

@@ -42,15 +42,28 @@ def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     assert "Measured matmul peak" in text and "| vit_tiny_patch16_224 | 1 | 2.5 |" in text
     assert re.search(r"Machine: .*\((flags: [a-z0-9_ ]+|none of avx2 .*|CPU flags unknown)\)", text), text[:500]
     peak = float(re.search(r"fp32 (\d+) GFLOP/s", text).group(1))
-    row = next(line for line in text.splitlines() if line.startswith("| vit_tiny"))
-    _, _, batch, gflop, keras_ips, timm_ips, compiled, ratio, bf16_ips, timm_bf16, compiled_bf16, bf16_ratio, \
-        peak_pct, _ = (c.strip().strip("*%") for c in row.split("|"))
-    assert compiled == compiled_bf16 == "-", row  # --no-compile
+    fp32_table = text[text.index("### fp32"):text.index("### bfloat16")]
+    bf16_table = text[text.index("### bfloat16"):]
+    row = next(line for line in fp32_table.splitlines() if line.startswith("| vit_tiny"))
+    _, _, batch, gflop, keras_ips, ov_ips, timm_ips, compiled, ratio, ov_ratio, peak_pct, _ = \
+        (c.strip().strip("*%") for c in row.split("|"))
+    assert compiled == "-", row  # --no-compile
     # one round: a ratio (median of per-round ratios) is the two img/s columns divided; each
     # printed number is rounded, so the check is against the interval the rounding leaves
     assert within(ratio, divided(keras_ips, timm_ips)), row
-    assert within(bf16_ratio, divided(bf16_ips, timm_bf16)), row  # against timm's bf16, not its fp32
+    assert within(ov_ratio, divided(ov_ips, timm_ips)), row  # the OpenVINO path ran (openvino is in the test extra)
     assert within(peak_pct, [100 * v / p for v in times(keras_ips, gflop) for p in bounds(str(peak))]), row
+    row = next(line for line in bf16_table.splitlines() if line.startswith("| vit_tiny"))
+    _, _, batch, bf16_ips, ov_bf16_ips, timm_bf16, compiled_bf16, bf16_ratio, ov_bf16_ratio, _ = \
+        (c.strip().strip("*%") for c in row.split("|"))
+    assert compiled_bf16 == "-", row
+    assert within(bf16_ratio, divided(bf16_ips, timm_bf16)), row  # against timm's bf16, not its fp32
+    from keras_vitnt.openvino_runtime import supported_precisions
+
+    if "bf16" in supported_precisions():
+        assert within(ov_bf16_ratio, divided(ov_bf16_ips, timm_bf16)), row
+    else:
+        assert ov_bf16_ips == ov_bf16_ratio == "-" and "no native bfloat16" in text, row
 
 
 def bounds(printed):

@@ -247,3 +247,64 @@ def test_export_cli_int8_reads_the_calibration_folder(tmp_path):
                        representative_data=load_images(files, size=16))
     x = rgb(4, 16, seed=5)
     np.testing.assert_array_equal(run_litert(str(out_path), x), run_litert(str(tmp_path / "here.tflite"), x))
+
+
+def test_openvino_export_runs_at_each_precision(tmp_path):
+    """format="openvino": a folder (model.xml/.bin + sidecar) checked in f32; OpenVINOModel runs it at the
+    precision asked for, never at OpenVINO's own default (bf16 on CPUs that have it), with the error the
+    export's report states for each lower precision."""
+    from keras_vitnt.openvino_runtime import OpenVINOModel, supported_precisions
+
+    model = keras_vitnt.TNT("S-legacy", weights=None, input_shape=(64, 64, 3), classes=10, depth=2,
+                            classifier_activation=None)
+    dest = tmp_path / "tnt_openvino"
+    report = keras_vitnt.export(model, dest, format="openvino")
+    assert sorted(os.listdir(dest)) == ["keras_vitnt.json", "model.bin", "model.xml"]
+    assert os.listdir(tmp_path) == ["tnt_openvino"]  # no temporary left
+    assert report["format"] == "openvino" and report["max_relative_error"] <= 1e-5
+    assert json.loads((dest / "keras_vitnt.json").read_text())["report"]["max_relative_error"] == \
+        report["max_relative_error"]
+
+    x = rgb(5, 64, seed=3)  # a dynamic batch, inputs the export did not see
+    ref = np.asarray(model.predict_on_batch(x))
+    f32 = OpenVINOModel(dest, precision="f32", threads=2)
+    assert f32.input_shape == (None, 64, 64, 3) and f32.metadata["output"] == "logits"
+    assert relative_error(f32(x), ref) <= 1e-5
+    assert relative_error(f32.predict(x, batch_size=2), ref) <= 1e-5  # batches of 2, 2 and 1
+    for precision in supported_precisions():
+        if precision == "f32":
+            continue
+        low = OpenVINOModel(dest, precision=precision)
+        err = relative_error(low(x), ref)
+        assert 1e-5 < err < 5e-2, (precision, err)  # computed at that precision, and close
+        assert report[precision]["correlation"] > 0.999 and 1e-5 < report[precision]["max_relative_error"] < 5e-2
+    with pytest.raises(ValueError, match=r"takes inputs of shape \(None, 64, 64, 3\)"):
+        f32(rgb(1, 32))
+    with pytest.raises(ValueError, match="precision='int4'"):
+        OpenVINOModel(dest, precision="int4")
+    with pytest.raises(FileNotFoundError, match="no OpenVINO model there"):
+        OpenVINOModel(tmp_path / "elsewhere")
+    # another format's overwrite does not take this folder
+    with pytest.raises(FileExistsError, match="a keras_vitnt openvino export"):
+        keras_vitnt.export(model, dest, format="saved_model", overwrite=True)
+    assert sorted(os.listdir(dest)) == ["keras_vitnt.json", "model.bin", "model.xml"]
+
+
+def test_openvino_export_of_an_any_size_model(tmp_path):
+    """A model built for any input size exports with dynamic height and width, as SavedModel and ONNX."""
+    import openvino as ov
+
+    from keras_vitnt.openvino_runtime import OpenVINOModel
+
+    model = keras_vitnt.DeiT("Ti/16", weights=None, distilled=True, input_shape=(None, None, 3), depth=1,
+                             classes=7, classifier_activation=None)
+    dest = tmp_path / "deit_any"
+    keras_vitnt.export(model, dest, format="openvino", sample_data=rgb(2, 32))
+    fast = OpenVINOModel(dest)
+    assert fast.input_shape == (None, None, None, 3)
+    for h, w in ((32, 32), (48, 16)):
+        x = np.random.default_rng(h).uniform(0, 255, (2, h, w, 3)).astype("float32")
+        assert relative_error(fast(x), np.asarray(model.predict_on_batch(x))) <= 1e-5
+    # a plain OpenVINO user reads it without keras_vitnt
+    compiled = ov.Core().compile_model(str(dest / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert relative_error(compiled(x)[0], fast(x)) <= 1e-6

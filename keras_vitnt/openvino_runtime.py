@@ -1,0 +1,134 @@
+"""Fast CPU inference: a keras_vitnt model exported with `format="openvino"`, run by Intel's
+OpenVINO runtime.
+
+    keras_vitnt.export(model, "saved_models/vit_s_openvino", format="openvino")
+    fast = keras_vitnt.OpenVINOModel("saved_models/vit_s_openvino", precision="bf16")
+    logits = fast.predict(images)  # numpy in, numpy out, like model.predict
+
+Why a second runtime: on these CPUs TensorFlow's bfloat16 path runs ViTs at a fraction of the
+CPU's bfloat16 matmul peak, and its per-call overhead dominates at batch 1; OpenVINO's CPU
+plugin compiles the whole graph for the CPU it runs on (AMX, AVX-512 bf16/VNNI, AVX2) and
+beats timm's fastest settings there (README, Performance). The exported graph is the Keras
+model's, checked by the export in float32 (max relative error <= 1e-4).
+
+Precision is chosen when the model is loaded, not exported (the file holds float32 weights):
+"f32" gives the Keras model's numbers; "bf16" computes in bfloat16 where the CPU has it
+(OpenVINO's own default on such CPUs: here it is never implicit), with the error the export's
+report states under "bf16"; "f16" for CPUs with AVX512-FP16/AMX-FP16 and GPUs.
+"""
+
+import json
+import os
+
+import numpy as np
+
+MODEL_FILE = "model.xml"  # with model.bin beside it, in the export's directory
+SIDECAR = "keras_vitnt.json"
+PRECISIONS = ("f32", "bf16", "f16")
+_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise ImportError("OpenVINO export and inference need the openvino package: "
+                          "pip install 'keras_vitnt[openvino]'") from e
+    return openvino
+
+
+_CORE = None
+
+
+def core():
+    """One `openvino.Core` per process (it holds the plugins)."""
+    global _CORE
+    if _CORE is None:
+        _CORE = _openvino().Core()
+    return _CORE
+
+
+def model_file(path):
+    """The .xml of an export directory (or the .xml itself); FileNotFoundError naming what is missing."""
+    path = os.fspath(path)
+    xml = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(xml):
+        raise FileNotFoundError(f"{xml}: no OpenVINO model there; export one with keras_vitnt.export(model, "
+                                f"{path!r}, format='openvino') (or `keras-vitnt export MODEL --format openvino`)")
+    if not os.path.isfile(xml[: -len(".xml")] + ".bin"):
+        raise FileNotFoundError(f"{xml[: -len('.xml')]}.bin: the weights of {xml} are missing; export it again")
+    return xml
+
+
+def supported_precisions(device="CPU"):
+    """The PRECISIONS this machine's `device` computes natively (f32 always on CPU)."""
+    caps = set(core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    return tuple(p for p in PRECISIONS if p == "f32" or _CAPABILITY[p] in caps)
+
+
+def compile_model(path, precision="f32", threads=None, device="CPU"):
+    """The compiled OpenVINO model of an export, at `precision` (never OpenVINO's implicit choice)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {PRECISIONS}")
+    xml = model_file(path)
+    supported = supported_precisions(device)
+    if precision not in supported:
+        import platform
+
+        raise ValueError(f"precision={precision!r}: this {device} ({platform.processor() or platform.machine()}) has "
+                         f"no native {precision} ({'/'.join(supported)} only); OpenVINO would emulate it slowly. "
+                         "Use precision='f32'")
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core().compile_model(core().read_model(xml), device, config)
+
+
+def run_openvino(path, x, precision="f32", threads=None):
+    """Outputs of the export at `path` on the batch `x` (the exporter's parity check)."""
+    return OpenVINOModel(path, precision=precision, threads=threads)(x)
+
+
+class OpenVINOModel:
+    """A `format="openvino"` export, compiled for this CPU at `precision` ("f32", "bf16", "f16").
+
+    `model(images)` runs one batch, `model.predict(images, batch_size=32)` any number; images
+    are float32 arrays (B, H, W, 3) as the Keras model takes them (0-255 when it normalises
+    itself: `metadata["preprocessing_inside"]`). Outputs are numpy arrays, as `model.predict`.
+    `threads`: OpenVINO's inference threads (default: all cores).
+    """
+
+    def __init__(self, path, precision="f32", threads=None, device="CPU"):
+        self.path = os.fspath(path)
+        self.precision = precision
+        self._compiled = compile_model(self.path, precision, threads, device)
+        self._request = self._compiled.create_infer_request()
+        sidecar = os.path.join(os.path.dirname(model_file(self.path)), SIDECAR)
+        try:
+            with open(sidecar) as f:
+                self.metadata = json.load(f)
+        except (OSError, ValueError):
+            self.metadata = {}
+        shape = self._compiled.inputs[0].get_partial_shape()
+        self.input_shape = tuple(None if d.is_dynamic else d.get_length() for d in shape)
+
+    def __call__(self, images):
+        x = np.ascontiguousarray(images, dtype="float32")
+        if x.ndim != len(self.input_shape) or any(s is not None and s != d for s, d in
+                                                  zip(self.input_shape[1:], x.shape[1:])):
+            raise ValueError(f"{self.path} takes inputs of shape {self.input_shape} (None: any), got {x.shape}")
+        return self._request.infer({0: x})[0].copy()  # the request reuses its output buffer
+
+    def predict(self, images, batch_size=32):
+        """Outputs for any number of images, `batch_size` at a time (the last batch may be smaller
+        when the export has a dynamic batch; a fixed-batch export runs that batch size only)."""
+        x = np.asarray(images, dtype="float32")
+        fixed = self.input_shape[0]
+        step = fixed or batch_size
+        if fixed and len(x) % fixed:
+            raise ValueError(f"{self.path} was exported with batch {fixed}; {len(x)} images do not divide into it "
+                             "(export with batch_size=None for any batch)")
+        return np.concatenate([self(x[i : i + step]) for i in range(0, len(x), step)])
+
+    def __repr__(self):
+        return f"OpenVINOModel({self.path!r}, precision={self.precision!r}, input_shape={self.input_shape})"
