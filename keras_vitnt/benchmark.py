@@ -18,7 +18,8 @@ same run are stable. Sections:
   FLOPs of each model are counted on its graph; "% of peak" is the fp32 path's FLOP rate
   over the fp32 matmul peak (a 2048^3 `tf.matmul`) measured at the start of the run.
 - training: one optimizer step on a batch (Keras `train_on_batch` with AdamW, with and
-  without XLA) next to a PyTorch AdamW step on the timm model.
+  without XLA) next to a PyTorch AdamW step on the timm model, eager and with the model
+  through `torch.compile` (its first step, which compiles, reported apart).
 - memory: peak resident memory of a fresh process that builds the model and runs
   inference / a training step, for both frameworks.
 - litert: batch-1 latency of the exported .tflite files (fp32, float16, dynamic_int8,
@@ -26,9 +27,9 @@ same run are stable. Sections:
 - int8: batch-1 latency of keras_vitnt's LiteRT dynamic_int8 file next to timm with
   `torch.ao.quantization.quantize_dynamic` (Linear layers), same weights, each with its
   agreement with timm fp32 (which keras_vitnt fp32 equals).
-- bf16: accuracy of mixed_bfloat16 against fp32: logit error and top-1 agreement on the
-  real digits images for the demo's trained ViT and TNT, and the logit error of the
-  ImageNet-size models on real photos.
+- bf16: accuracy of mixed_bfloat16 and of the OpenVINO export run in bf16 against fp32: logit
+  error and top-1 agreement on the real digits images for the demo's trained ViT and TNT, and
+  the logit error of the ImageNet-size models on real photos.
 - backends: the same models on Keras's TensorFlow, JAX and PyTorch backends, one fresh process
   per backend: inference fp32 and mixed_bfloat16 (`predict_on_batch`: a tf.function on
   TensorFlow, jitted on JAX, eager on PyTorch, and with `jit_compile=True`, i.e.
@@ -297,7 +298,7 @@ def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
                 ratio = {k: speedup_best(times, k, refs["bf16" if "bf16" in k else "fp32"])
                          for k, _ in FP32_PATHS + BF16_PATHS if k in times}
                 row = dict(model=name, batch=batch, gflop=gflop, ips=ips, compile_s=compile_s, ratio=ratio,
-                           peak_pct=100 * ips["keras"] * gflop / peak["float32"])
+                           peak_pct={k: 100 * ips[k] * gflop / peak["float32"] for k, _ in FP32_PATHS if k in ips})
                 rows.append(row)
                 print(f"  {name} batch {batch}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items())
                       + " img/s; to the fastest timm of the same precision: "
@@ -315,14 +316,14 @@ def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
     lines = ["### fp32", "",
              "| model | batch | GFLOP/img | " + " | ".join(f"{t} img/s" for _, t in FP32_PATHS)
              + " | timm eager | timm torch.compile | " + " | ".join(f"**{t} / fastest timm**" for _, t in FP32_PATHS)
-             + " | TF % of matmul peak |",
+             + " | % of the fp32 matmul peak: TF / OpenVINO |",
              "|---|---:|---:|" + "---:|" * (2 * len(FP32_PATHS) + 3)]
     for r in rows:
         lines.append(f"| {label(r)} | {r['batch']} | {r['gflop']:.1f} | "
                      + " | ".join(cell(r["ips"], k) for k, _ in FP32_PATHS)
                      + f" | {cell(r['ips'], 'timm')} | {cell(r['ips'], 'timm_compiled')} | "
                      + " | ".join(cell(r["ratio"], k, "{:.2f}", bold=True) for k, _ in FP32_PATHS)
-                     + f" | {r['peak_pct']:.0f}% |")
+                     + " | " + " / ".join(cell(r["peak_pct"], k, "{:.0f}%") for k, _ in FP32_PATHS) + " |")
     lines += ["", "### bfloat16", "",
               "| model | batch | " + " | ".join(f"{t} img/s" for _, t in BF16_PATHS)
               + " | timm autocast eager | timm autocast torch.compile | "
@@ -356,11 +357,19 @@ def _keras_train_step(name, batch, jit_compile):
     return lambda: model.train_on_batch(x, y)
 
 
-def _torch_train_step(name, batch):
+def _torch_train_step(name, batch, compiled=False):
+    """One AdamW step of the timm model; `compiled`: its forward and backward through
+    `torch.compile(model, dynamic=False)` (the optimizer step stays eager)."""
     import numpy as np
     import torch
 
     model = torch_model(name).train()
+    net = model
+    if compiled:
+        import torch._dynamo
+
+        torch._dynamo.reset()  # a fresh cache per model: see timm_inference_runners
+        net = torch.compile(model, dynamic=False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = 224
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
@@ -368,31 +377,43 @@ def _torch_train_step(name, batch):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
 
     return step
 
 
-def bench_training(models, batch, rounds):
+def bench_training(models, batch, rounds, compiled=True):
     rows = []
     for name in models:
         runners = {"xla": _keras_train_step(name, batch, True), "plain": _keras_train_step(name, batch, False),
                    "timm": _torch_train_step(name, batch)}
+        compile_s = None
+        if compiled:
+            step = _torch_train_step(name, batch, compiled=True)
+            t0 = time.perf_counter()
+            step()  # compiles forward and backward
+            compile_s = time.perf_counter() - t0
+            runners["timm_compiled"] = step
         times = interleaved_times(runners, rounds)
         ips = {k: batch / statistics.median(v) for k, v in times.items()}
-        ips["ratio_xla"], ips["ratio_plain"] = speedup(times, "xla", "timm"), speedup(times, "plain", "timm")
-        rows.append((name, ips))
-        print(f"  {name} train step batch {batch}: keras XLA {ips['xla']:.2f} img/s, keras {ips['plain']:.2f}, "
-              f"timm {ips['timm']:.2f}", flush=True)
+        refs = [k for k in ("timm", "timm_compiled") if k in times]
+        ratio = {k: speedup_best(times, k, refs) for k in ("xla", "plain")}
+        rows.append((name, ips, ratio, compile_s))
+        print(f"  {name} train step batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in ips.items())
+              + f" img/s; keras XLA {ratio['xla']:.2f}x the fastest timm", flush=True)
     lines = [
         "| model | batch | keras_vitnt XLA (recipe default) img/s | keras_vitnt no XLA img/s | timm + torch AdamW img/s "
-        "| ratio XLA | ratio no XLA |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| timm torch.compile + AdamW img/s | **XLA / fastest timm** | no XLA / fastest timm |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, ips in rows:
-        lines.append(f"| {name} | {batch} | {ips['xla']:.2f} | {ips['plain']:.2f} | {ips['timm']:.2f} | "
-                     f"**{ips['ratio_xla']:.2f}** | {ips['ratio_plain']:.2f} |")
+    for name, ips, ratio, _ in rows:
+        compiled_ips = f"{ips['timm_compiled']:.2f}" if "timm_compiled" in ips else "-"
+        lines.append(f"| {name} | {batch} | {ips['xla']:.2f} | {ips['plain']:.2f} | {ips['timm']:.2f} | {compiled_ips} | "
+                     f"**{ratio['xla']:.2f}** | {ratio['plain']:.2f} |")
+    compiles = [f"{name}: {s:.0f} s" for name, _, _, s in rows if s is not None]
+    if compiles:
+        lines += ["", "torch.compile's first training step (not counted above): " + "; ".join(compiles) + "."]
     return lines
 
 
@@ -404,8 +425,21 @@ def _status_mb(field):
     return int(line.split()[1]) / 1024
 
 
+def _reset_peak():
+    """Resets this process's VmHWM to its current RSS (Linux: /proc/self/clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_child(framework, name, mode, batch, threads):
-    """Runs in a fresh process: build, run twice, print {"base": MB, "peak": MB} as JSON."""
+    """Runs in a fresh process: build, run twice, then twice more after resetting the peak; print
+    {"base": MB, "peak": MB, "steady": MB or None} as JSON. "steady" is the peak of the later
+    calls: the first calls' peak also holds one-off work (XLA's or Inductor's compiler, buffer
+    pools set up)."""
     import numpy as np
 
     if framework == "keras":
@@ -433,7 +467,12 @@ def memory_child(framework, name, mode, batch, threads):
     step()
     step()
     peak = _status_mb("VmHWM")
-    print(json.dumps({"base": base, "peak": peak}))
+    steady = None
+    if _reset_peak():
+        step()
+        step()
+        steady = _status_mb("VmHWM")
+    print(json.dumps({"base": base, "peak": peak, "steady": steady}))
 
 
 def bench_memory(models, batch, threads):
@@ -454,15 +493,19 @@ def bench_memory(models, batch, threads):
             print(f"  {name} {mode}: keras peak {res['keras']['peak']:.0f} MB, timm {res['timm']['peak']:.0f} MB",
                   flush=True)
     lines = [
-        "| model | work (batch) | keras_vitnt peak RSS MB | of which during the run | timm peak RSS MB "
-        "| of which during the run |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | work (batch) | keras_vitnt peak RSS MB | of which during the run | keras_vitnt steady peak "
+        "| timm peak RSS MB | of which during the run | timm steady peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def mb(value):
+        return "-" if value is None else f"{value:.0f}"
+
     for name, mode, res in rows:
         k, t = res["keras"], res["timm"]
         work = "inference" if mode == "infer" else "training step (AdamW)"
         lines.append(f"| {name} | {work} ({batch}) | {k['peak']:.0f} | {k['peak'] - k['base']:.0f} | "
-                     f"{t['peak']:.0f} | {t['peak'] - t['base']:.0f} |")
+                     f"{mb(k.get('steady'))} | {t['peak']:.0f} | {t['peak'] - t['base']:.0f} | {mb(t.get('steady'))} |")
     return lines
 
 
@@ -537,15 +580,37 @@ def _demo_model(kind, workdir):
     return train(cfg, verbose=0).model, cfg, "trained for 15 epochs by this run"
 
 
+def _openvino_bf16(m32, x, workdir):
+    """The outputs of `m32`'s OpenVINO export run in bf16 on `x`, or None (no openvino, no native bf16)."""
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    from keras_vitnt.exporter import export
+    from keras_vitnt.openvino_runtime import OpenVINOModel, supported_precisions
+
+    if "bf16" not in supported_precisions():
+        return None
+    path = os.path.join(workdir, f"{m32.name}_openvino_bf16")
+    export(m32, path, format="openvino", sample_data=x[:8])
+    return OpenVINOModel(path, precision="bf16").predict(x)
+
+
 def bench_bf16(models, weights):
     from keras_vitnt.data.digits import load_digits
     from keras_vitnt.data.samples import photo_crops
     from keras_vitnt.train import build_model
 
     lines = [
-        "| model | weights | images | top-1 agreement bf16 vs fp32 | max error / max abs fp32 output |",
-        "|---|---|---:|---:|---:|",
+        "| model | weights | images | top-1 agreement: TF mixed_bfloat16 vs fp32 | max error / max abs fp32 output | "
+        "top-1 agreement: OpenVINO bf16 vs fp32 | max error / max abs fp32 output |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def ov_cells(p32, ov, meaningful=True):
+        if ov is None:
+            return "- | -"
+        agree, rel = _compare(p32, ov)
+        return f"**{100 * agree:.1f}%**{'' if meaningful else ' (not meaningful)'} | {rel:.1e}"
+
     (_, _), (x_digits, _) = load_digits(size=16)
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("vit", "tnt"):
@@ -553,20 +618,23 @@ def bench_bf16(models, weights):
             with dtype_policy("mixed_bfloat16"):
                 m16 = build_model(cfg, m32.output_shape[-1], m32.input_shape[1])
             m16.set_weights(m32.get_weights())
-            agree, rel = _compare(m32.predict(x_digits, verbose=0), m16.predict(x_digits, verbose=0))
-            lines.append(f"| demo {dict(vit='ViT', tnt='TNT')[kind]} (digits, {cfg.model}) | trained ({source}) | {len(x_digits)} | "
-                         f"**{100 * agree:.1f}%** | {rel:.1e} (probabilities) |")
+            p32 = m32.predict(x_digits, verbose=0)
+            agree, rel = _compare(p32, m16.predict(x_digits, verbose=0))
+            lines.append(f"| demo {dict(vit='ViT', tnt='TNT')[kind]} (digits, {cfg.model}) | trained ({source}) | "
+                         f"{len(x_digits)} | **{100 * agree:.1f}%** | {rel:.1e} (probabilities) | "
+                         f"{ov_cells(p32, _openvino_bf16(m32, x_digits, tmp))} |")
             print(f"  demo {kind}: bf16 top-1 agreement {100 * agree:.1f}%, rel. error {rel:.1e}", flush=True)
-    for name in models:
-        m32 = keras_model(name, weights=weights, include_preprocessing=True)
-        m16 = keras_model(name, policy="mixed_bfloat16", weights=weights, include_preprocessing=True)
-        m16.set_weights(m32.get_weights())
-        x = photo_crops(32, m32.input_shape[1])
-        agree, rel = _compare(m32.predict(x, verbose=0), m16.predict(x, verbose=0))
-        label = weights or "random"
-        lines.append(f"| {name} | {label} | {len(x)} | {100 * agree:.1f}%{'' if weights else ' (not meaningful)'} | "
-                     f"{rel:.1e} (logits) |")
-        print(f"  {name}: bf16 logit rel. error {rel:.1e}", flush=True)
+        for name in models:
+            m32 = keras_model(name, weights=weights, include_preprocessing=True)
+            m16 = keras_model(name, policy="mixed_bfloat16", weights=weights, include_preprocessing=True)
+            m16.set_weights(m32.get_weights())
+            x = photo_crops(32, m32.input_shape[1])
+            p32 = m32.predict(x, verbose=0)
+            agree, rel = _compare(p32, m16.predict(x, verbose=0))
+            label = weights or "random"
+            lines.append(f"| {name} | {label} | {len(x)} | {100 * agree:.1f}%{'' if weights else ' (not meaningful)'} | "
+                         f"{rel:.1e} (logits) | {ov_cells(p32, _openvino_bf16(m32, x, tmp), bool(weights))} |")
+            print(f"  {name}: bf16 logit rel. error {rel:.1e}", flush=True)
     return lines
 
 
@@ -873,8 +941,9 @@ def parse_args(argv):
     p.add_argument("--quant-models", nargs="+", default=QUANT_MODELS)
     p.add_argument("--backend-models", nargs="+", default=TRAIN_MODELS)
     p.add_argument("--int8-models", nargs="+", default=LITERT_MODELS)
-    p.add_argument("--no-compile", action="store_true", help="inference section: leave out timm + torch.compile "
-                   "(its first call compiles: 13-41 s per model, batch and precision on ViT-S and TNT-S here)")
+    p.add_argument("--no-compile", action="store_true", help="inference and training sections: leave out timm + "
+                   "torch.compile (with freezing, its first inference call compiles for 17-90 s per model, batch and "
+                   "precision on ViT-S and TNT-S here)")
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
@@ -943,9 +1012,10 @@ def main(argv=None):
                                  threads=args.threads)),
         ("training", [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, {args.rounds} "
                       "interleaved rounds, ratios as above)"],
-         lambda: bench_training(args.train_models, args.train_batch, args.rounds)),
+         lambda: bench_training(args.train_models, args.train_batch, args.rounds, compiled=not args.no_compile)),
         ("memory", ["## Peak resident memory (fresh process each; \"during the run\" is the growth from the "
-                    "built model to the peak of two calls)"],
+                    "built model to the peak of the first two calls, which includes compiling; \"steady\" is the "
+                    "peak of two more calls after resetting the peak)"],
          lambda: bench_memory(args.train_models, 16, args.threads)),
         ("litert", [f"## LiteRT, batch 1 (XNNPACK, {args.threads} threads, median of {args.litert_rounds} "
                     "rounds, real-photo input, random weights)"],
@@ -958,7 +1028,7 @@ def main(argv=None):
                   "with timm fp32 on real photos (random weights: it shows how much quantization moves the "
                   "outputs, not accuracy)."],
          lambda: bench_int8(args.int8_models, args.threads, args.litert_rounds)),
-        ("bf16", ["## mixed_bfloat16 accuracy against fp32"], lambda: bench_bf16(args.train_models, args.weights)),
+        ("bf16", ["## bfloat16 accuracy against fp32 (TF mixed_bfloat16, OpenVINO bf16)"], lambda: bench_bf16(args.train_models, args.weights)),
         ("quant", [f"## Quantisation: size, batch-1 latency ({args.threads} threads, median of {args.litert_rounds} "
                    "interleaved rounds) and agreement with Keras fp32", "",
                    "Keras rows: `model.predict_on_batch`; Keras `quantize` rows: `model.quantize(mode)` on the fp32 "
