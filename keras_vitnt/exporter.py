@@ -8,7 +8,7 @@ Every export:
      inputs (real photos by default) and compares with the Keras model,
   3. refuses fp32 artifacts whose outputs differ by more than 1e-4 relative (nothing is
      left behind), and otherwise moves the artifact into place atomically,
-  4. writes a sidecar JSON (`<path>.json`; inside the directory for a SavedModel) with the
+  4. writes a sidecar JSON (`<path>.json`; inside the directory for SavedModel and OpenVINO) with the
      input size, value range, mean/std, output kind, label names and the parity report
      (for OpenVINO also the error of each lower precision the CPU computes natively).
 An existing destination is never replaced unless `overwrite=True`, and then only if it is an
@@ -270,6 +270,13 @@ def _write_openvino(model, directory, batch_size, size):
     from keras_vitnt.openvino_runtime import MODEL_FILE, _openvino
 
     _openvino()  # ImportError with the install hint before any work
+    import importlib.util
+
+    import keras
+
+    if importlib.util.find_spec("keras.src.export.openvino") is None:
+        raise ImportError(f"this Keras ({keras.__version__}) has no OpenVINO export (model.export(format='openvino')); "
+                          "upgrade it: pip install -U keras")
     (h, w), c = size, model.input_shape[-1]
     os.makedirs(directory)
     # traced in the forms OpenVINO's converter fuses: LayerNorm into MVN, GELU (as erf) into Gelu;
@@ -417,6 +424,9 @@ def _validated_target(path, format, quantization, overwrite, batch_size):
     suffix = {"litert": ".tflite", "onnx": ".onnx"}.get(format)
     if suffix and not path.endswith(suffix):
         raise ValueError(f"a {format} export is a {suffix} file; got {path!r}")
+    if format == "openvino" and path.endswith((".xml", ".bin")):
+        raise ValueError(f"an openvino export is a folder (model.xml, model.bin and keras_vitnt.json inside); got "
+                         f"{path!r}: pass the folder's path, e.g. {path[:-4] + '_openvino'!r}")
     _check_destination(path, format, overwrite)
     if batch_size == "default":  # a sentinel: None asks for a dynamic batch in every format
         batch_size = 1 if format == "litert" else None
@@ -479,8 +489,9 @@ def _check_parity(model, tmp, target, samples, reference=None, extra_report=None
     try:
         exported = RUNNERS[target.format](tmp, samples)
     except RuntimeError as e:  # e.g. an op the runtime has no kernel for at this precision
+        hint = "; try another quantization" if target.format == "litert" else ""
         raise RuntimeError(f"the exported {target.format} file ({target.quantization or 'fp32'}) does not run: {e}. "
-                           f"Nothing was written to {target.path}; try another quantization") from e
+                           f"Nothing was written to {target.path}{hint}") from e
     report = {
         "path": target.path,
         "format": target.format,
@@ -638,7 +649,8 @@ def _is_our_export(path, format):
             report = json.load(f).get("report")
     except (OSError, ValueError, AttributeError):
         return False
-    return isinstance(report, dict) and report.get("format", format) == format
+    # sidecars of the first exports had no "format": those are the file formats and SavedModel
+    return isinstance(report, dict) and report.get("format", None if format == "openvino" else format) == format
 
 
 def sidecar_path(path, format):

@@ -52,6 +52,9 @@ def model_file(path):
     """The .xml of an export directory (or the .xml itself); FileNotFoundError naming what is missing."""
     path = os.fspath(path)
     xml = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
+    if os.path.isfile(xml) and not xml.endswith(".xml"):
+        raise ValueError(f"{xml} is not an OpenVINO model (.xml): pass the folder keras_vitnt.export(..., "
+                         "format='openvino') wrote, or the model.xml inside it")
     if not os.path.isfile(xml):
         raise FileNotFoundError(f"{xml}: no OpenVINO model there; export one with keras_vitnt.export(model, "
                                 f"{path!r}, format='openvino') (or `keras-vitnt export MODEL --format openvino`)")
@@ -95,8 +98,9 @@ def compile_model(path, precision="f32", threads=None, device="CPU", input_shape
 
 
 def run_openvino(path, x, precision="f32", threads=None):
-    """Outputs of the export at `path` on the batch `x` (the exporter's parity check)."""
-    return OpenVINOModel(path, precision=precision, threads=threads)(x)
+    """Outputs of the export at `path` on the images `x`, in batches of its fixed batch size if it
+    has one (the exporter's parity check)."""
+    return OpenVINOModel(path, precision=precision, threads=threads).predict(x, batch_size=max(len(x), 1))
 
 
 class OpenVINOModel:
@@ -118,6 +122,8 @@ class OpenVINOModel:
         self.precision = precision
         self.static_shapes = bool(static_shapes)
         self.max_shapes = int(max_shapes)
+        if self.max_shapes < 1:
+            raise ValueError(f"max_shapes={max_shapes!r}: at least 1 compiled shape is kept")
         self._settings = (precision, threads, device)
         xml = model_file(self.path)
         _config(*self._settings)  # the precision checked now, not at the first call
@@ -135,9 +141,11 @@ class OpenVINOModel:
     def _request(self, shape):
         if not self.static_shapes:
             return self._requests[None]
-        if shape not in self._requests:
+        if shape in self._requests:
+            self._requests[shape] = self._requests.pop(shape)  # the most recently used goes last
+        else:
             if len(self._requests) >= self.max_shapes:
-                self._requests.pop(next(iter(self._requests)))
+                self._requests.pop(next(iter(self._requests)))  # the least recently used
             self._requests[shape] = compile_model(self.path, *self._settings, input_shape=shape).create_infer_request()
         return self._requests[shape]
 
@@ -148,15 +156,19 @@ class OpenVINOModel:
         return self._request(x.shape).infer({0: x})[0].copy()  # the request reuses its output buffer
 
     def predict(self, images, batch_size=32):
-        """Outputs for any number of images, `batch_size` at a time (the last batch may be smaller
-        when the export has a dynamic batch; a fixed-batch export runs that batch size only)."""
+        """Outputs for any number of images, `batch_size` at a time (the last batch may be smaller).
+        An export with a fixed batch runs batches of that size, the last one padded with zeros
+        (their outputs are dropped)."""
         x = np.asarray(images, dtype="float32")
         fixed = self.input_shape[0]
-        step = fixed or batch_size
-        if fixed and len(x) % fixed:
-            raise ValueError(f"{self.path} was exported with batch {fixed}; {len(x)} images do not divide into it "
-                             "(export with batch_size=None for any batch)")
-        return np.concatenate([self(x[i : i + step]) for i in range(0, len(x), step)])
+        step = fixed or int(batch_size)
+        outputs = []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            if fixed and len(chunk) < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk),) + chunk.shape[1:], chunk.dtype)])
+            outputs.append(self(chunk)[: min(step, len(x) - i)])
+        return np.concatenate(outputs)
 
     def __repr__(self):
         return f"OpenVINOModel({self.path!r}, precision={self.precision!r}, input_shape={self.input_shape})"

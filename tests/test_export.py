@@ -319,3 +319,66 @@ def test_openvino_export_of_an_any_size_model(tmp_path):
     # a plain OpenVINO user reads it without keras_vitnt
     compiled = ov.Core().compile_model(str(dest / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert relative_error(compiled(x)[0], fast(x)) <= 1e-6
+
+
+def test_openvino_fixed_batch_overwrite_and_refusals(monkeypatch, tmp_path):
+    from keras_vitnt import openvino_runtime
+    from keras_vitnt.openvino_runtime import OpenVINOModel
+
+    small = tiny_vit()
+    x = rgb(3, 16, seed=2)
+    ref = np.asarray(small.predict_on_batch(x))
+    dest = tmp_path / "vit_openvino"
+    # a fixed batch: the parity check and predict run 3 images as batches of 2, the last one padded
+    report = keras_vitnt.export(small, dest, format="openvino", batch_size=2, sample_data=x)
+    assert report["max_relative_error"] <= 1e-5
+    fixed = OpenVINOModel(dest, max_shapes=2)
+    assert fixed.input_shape == (2, 16, 16, 3) and relative_error(fixed.predict(x), ref) <= 1e-5
+
+    # overwrite replaces its own openvino export, and no other format's folder
+    other = tiny_vit()
+    keras_vitnt.export(other, dest, format="openvino", overwrite=True, sample_data=x)
+    assert relative_error(OpenVINOModel(dest)(x), np.asarray(other.predict_on_batch(x))) <= 1e-5
+    keras_vitnt.export(small, tmp_path / "vit_sm", format="saved_model", sample_data=x)
+    with pytest.raises(FileExistsError, match="a keras_vitnt saved_model export"):
+        keras_vitnt.export(small, tmp_path / "vit_sm", format="openvino", overwrite=True, sample_data=x)
+    assert "saved_model.pb" in os.listdir(tmp_path / "vit_sm")
+    with pytest.raises(ValueError, match="an openvino export is a folder"):
+        keras_vitnt.export(small, tmp_path / "vit.xml", format="openvino")
+    for wrong in ("model.bin", "keras_vitnt.json"):
+        with pytest.raises(ValueError, match="is not an OpenVINO model"):
+            OpenVINOModel(dest / wrong)
+    assert relative_error(OpenVINOModel(dest / "model.xml")(x), np.asarray(other.predict_on_batch(x))) <= 1e-5
+
+    # the compiled shapes are kept least recently used first
+    lru = OpenVINOModel(dest, max_shapes=2)
+    for n in (1, 2, 1, 3):
+        lru(x[:n])
+    assert list(lru._requests) == [(1, 16, 16, 3), (3, 16, 16, 3)]
+    with pytest.raises(ValueError, match="max_shapes=0"):
+        OpenVINOModel(dest, max_shapes=0)
+
+    # a CPU without native bf16: refused, not emulated, and the export reports no bf16 error
+    monkeypatch.setattr(openvino_runtime, "supported_precisions", lambda device="CPU": ("f32",))
+    with pytest.raises(ValueError, match="has no native bf16"):
+        OpenVINOModel(dest, precision="bf16")
+    report = keras_vitnt.export(small, tmp_path / "no_bf16", format="openvino", sample_data=x)
+    assert "bf16" not in report and "f16" not in report
+
+
+def test_export_cli_openvino(tmp_path):
+    from test_cli import run_cli
+
+    model = tiny_vit()
+    model.save(tmp_path / "m.keras")
+    out = run_cli("export", str(tmp_path / "m.keras"), "--format", "openvino")
+    assert out.returncode == 0, out.stderr[-2000:]
+    dest = tmp_path / "m_openvino"  # inside the model's folder, beside it
+    assert f"metadata: {dest / 'keras_vitnt.json'}" in out.stdout and "max relative error" in out.stdout
+    from keras_vitnt.openvino_runtime import OpenVINOModel, supported_precisions
+
+    for precision in supported_precisions():
+        if precision != "f32":
+            assert f"run at precision='{precision}' (OpenVINOModel)" in out.stdout
+    x = rgb(2, 16)
+    assert relative_error(OpenVINOModel(dest)(x), np.asarray(model.predict_on_batch(x))) <= 1e-5
