@@ -34,8 +34,9 @@ test-all: $(VENV)/.stamp-test
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/keras-vitnt demo --overwrite
 
-# the README's performance, quantisation and backend tables (about 70 minutes on 2 cores: torch.compile of timm
-# adds 13-41 s per model, batch and precision); needs timm (and jax), hence the test extra
+# the README's performance, quantisation and backend tables (about 100 minutes on 2 cores, estimated: the inference
+# section alone, 6 models at batch 16 and 1 with timm's torch.compile + freezing at 17-99 s per model, batch and precision,
+# took 34 min with the int8 section); needs timm, jax and openvino, hence the test extra
 benchmark: $(VENV)/.stamp-test
 	$(VENV)/bin/keras-vitnt benchmark --rounds 5 --overwrite
 

@@ -1051,10 +1051,19 @@ def main(argv=None):
                       "`train_on_batch`, AdamW, as the recipe runs it (XLA on TensorFlow and JAX, eager on PyTorch)."],
          lambda: bench_backends(args.backend_models, args.train_batch, args.rounds, args.threads)),
     ]
+    failed = []
     for section, heading, run in plan:
         if section in args.sections:
             print(section, flush=True)
-            out += heading + [""] + run() + [""]
+            try:
+                lines = run()
+            except Exception as e:  # the other sections' results are kept; the failure is in the file and the exit code
+                import traceback
+
+                traceback.print_exc()
+                failed.append(section)
+                lines = [f"**This section failed**: {type(e).__name__}: {e}"]
+            out += heading + [""] + lines + [""]
     out += [f"Total time {(time.time() - t0) / 60:.1f} min."]
     text = "\n".join(out) + "\n"
     print("\n" + text)
@@ -1062,6 +1071,10 @@ def main(argv=None):
 
     write_text(args.out, text)
     print(f"written to {args.out}")
+    if failed:
+        print(f"keras-vitnt benchmark: section(s) failed: {', '.join(failed)} (the error is in {args.out})",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -198,3 +198,18 @@ def test_training_section_times_timm_compiled_beside_eager(monkeypatch):
     cells = [c.strip().strip("*") for c in row.split("|")[1:-1]]
     assert len(cells) == 8 and cells[5] != "-" and float(cells[5]) > 0, row  # the compiled step was timed
     assert any(line.startswith("torch.compile's first training step") for line in lines)
+
+
+def test_a_failing_section_keeps_the_others_results(monkeypatch, tmp_path):
+    """A section that fails late in a long run does not take the finished sections with it: their
+    tables are written, the failure is named in the file, and the exit code says so."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(benchmark, "bench_training", lambda *args, **kwargs: ["| the training table |"])
+    monkeypatch.setattr(benchmark, "bench_int8", broken)
+    out = tmp_path / "bench.md"
+    assert benchmark.main(["--sections", "training", "int8", "--out", str(out)]) == 1
+    text = out.read_text()
+    assert "| the training table |" in text
+    assert "**This section failed**: RuntimeError: no such kernel" in text
