@@ -90,9 +90,13 @@ def compile_model(path, precision="f32", threads=None, device="CPU", input_shape
     """The compiled OpenVINO model of an export at `precision`; with `input_shape` (a full shape,
     batch included), compiled for that shape only, which OpenVINO runs faster than its dynamic
     shapes (ViT-S +10-25%, TNT-S +10-35% here)."""
-    config = _config(precision, threads, device)
-    model = core().read_model(model_file(path))
+    return _compile(core().read_model(model_file(path)), _config(precision, threads, device), device, input_shape)
+
+
+def _compile(model, config, device, input_shape=None):
+    """`model` (an `openvino.Model`, left as it is) compiled with `config`, for `input_shape` if given."""
     if input_shape is not None:
+        model = model.clone()
         model.reshape({0: list(input_shape)})
     return core().compile_model(model, device, config)
 
@@ -124,14 +128,15 @@ class OpenVINOModel:
         self.max_shapes = int(max_shapes)
         if self.max_shapes < 1:
             raise ValueError(f"max_shapes={max_shapes!r}: at least 1 compiled shape is kept")
-        self._settings = (precision, threads, device)
+        self._device = device
+        self._config = _config(precision, threads, device)  # the precision checked now, not at the first call
         xml = model_file(self.path)
-        _config(*self._settings)  # the precision checked now, not at the first call
-        shape = core().read_model(xml).inputs[0].get_partial_shape()
+        self._model = core().read_model(xml)  # read once; each shape compiles a reshaped copy
+        shape = self._model.inputs[0].get_partial_shape()
         self.input_shape = tuple(None if d.is_dynamic else d.get_length() for d in shape)
         self._requests = {}  # input shape (or None: every shape) -> infer request, oldest first
         if not self.static_shapes:
-            self._requests[None] = compile_model(self.path, *self._settings).create_infer_request()
+            self._requests[None] = _compile(self._model, self._config, device).create_infer_request()
         try:
             with open(os.path.join(os.path.dirname(xml), SIDECAR)) as f:
                 self.metadata = json.load(f)
@@ -146,7 +151,7 @@ class OpenVINOModel:
         else:
             if len(self._requests) >= self.max_shapes:
                 self._requests.pop(next(iter(self._requests)))  # the least recently used
-            self._requests[shape] = compile_model(self.path, *self._settings, input_shape=shape).create_infer_request()
+            self._requests[shape] = _compile(self._model, self._config, self._device, shape).create_infer_request()
         return self._requests[shape]
 
     def __call__(self, images):
