@@ -171,7 +171,9 @@ def test_memory_child_reports_the_first_and_the_steady_peak():
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0 < res["base"] <= res["peak"]
     if sys.platform.startswith("linux"):
-        assert res["base"] <= res["steady"] <= res["peak"]
+        # the later calls' own peak: at least the resident base, and it may pass the first peak by a little
+        # (a fresh clone measured 1887.8 against 1887.5 MB), so it is not bounded by it
+        assert res["steady"] is not None and res["base"] <= res["steady"] <= res["peak"] * 1.05
 
 
 def test_training_section_times_timm_compiled_beside_eager(monkeypatch):
