@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 
+from keras_vitnt.peers import child_code, torch_model, torch_train_step
 from keras_vitnt.precision import dtype_policy, policy_copy
 
 INFERENCE_MODELS = [
@@ -119,7 +120,7 @@ def speedup_best(times, key, references):
     return statistics.median(min(times[r][i] for r in references) / k for i, k in enumerate(times[key]))
 
 
-def set_threads(threads):
+def set_tf_threads(threads):
     import tensorflow as tf
 
     try:
@@ -127,6 +128,11 @@ def set_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # already initialised in this process: keep its setting
         pass
+
+
+def set_threads(threads):
+    """TensorFlow's and (where installed) PyTorch's threads."""
+    set_tf_threads(threads)
     try:
         import torch
 
@@ -150,16 +156,6 @@ def keras_model(name, policy=None, weights=None, include_preprocessing=False):
             return keras.applications.ResNet50(weights=None, classifier_activation=None)
         return create_model(name, weights=weights, include_preprocessing=include_preprocessing,
                             classifier_activation=None)
-
-
-def torch_model(name):
-    import timm
-
-    if name == "resnet50":
-        import torchvision
-
-        return torchvision.models.resnet50()
-    return timm.create_model(name, pretrained=False)
 
 
 def matmul_flops(model):
@@ -362,40 +358,14 @@ def _keras_train_step(name, batch, jit_compile):
     return lambda: model.train_on_batch(x, y)
 
 
-def _torch_train_step(name, batch, compiled=False):
-    """One AdamW step of the timm model; `compiled`: its forward and backward through
-    `torch.compile(model, dynamic=False)` (the optimizer step stays eager)."""
-    import numpy as np
-    import torch
-
-    model = torch_model(name).train()
-    net = model
-    if compiled:
-        import torch._dynamo
-
-        torch._dynamo.reset()  # a fresh cache per model: see timm_inference_runners
-        net = torch.compile(model, dynamic=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    size = 224
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
-    y = torch.from_numpy(np.random.default_rng(1).integers(0, 1000, batch))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-
-    return step
-
-
 def bench_training(models, batch, rounds, compiled=True):
     rows = []
     for name in models:
         runners = {"xla": _keras_train_step(name, batch, True), "plain": _keras_train_step(name, batch, False),
-                   "timm": _torch_train_step(name, batch)}
+                   "timm": torch_train_step(name, batch)}
         compile_s = None
         if compiled:
-            step = _torch_train_step(name, batch, compiled=True)
+            step = torch_train_step(name, batch, compiled=True)
             t0 = time.perf_counter()
             step()  # compiles forward and backward
             compile_s = time.perf_counter() - t0
@@ -422,62 +392,17 @@ def bench_training(models, batch, rounds, compiled=True):
     return lines
 
 
-def _status_mb(field):
-    """VmRSS / VmHWM (peak) of this process in MB. (getrusage's ru_maxrss would carry the
-    parent's peak over the fork.)"""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-def _reset_peak():
-    """Resets this process's VmHWM to its current RSS (Linux: /proc/self/clear_refs); False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def memory_child(framework, name, mode, batch, threads):
-    """Runs in a fresh process: build, run twice, then twice more after resetting the peak; print
-    {"base": MB, "peak": MB, "steady": MB or None} as JSON. "steady" is the peak of the later
-    calls: the first calls' peak also holds one-off work (XLA's or Inductor's compiler, buffer
-    pools set up)."""
+def keras_memory_step(name, mode, batch, threads):
+    """The keras_vitnt work the memory section measures (in a process without PyTorch, see
+    keras_vitnt.peers): `predict_on_batch`, or the recipe's XLA AdamW step."""
     import numpy as np
 
-    if framework == "keras":
-        set_threads(threads)
-        if mode == "infer":
-            model = keras_model(name)
-            x = np.zeros((batch,) + tuple(model.input_shape[1:]), "float32")
-            step = lambda: model.predict_on_batch(x)  # noqa: E731
-        else:
-            step = _keras_train_step(name, batch, True)
-    else:
-        import torch
-
-        torch.set_num_threads(threads)
-        if mode == "infer":
-            model = torch_model(name).eval()
-            x = torch.zeros((batch, 3, 224, 224))
-
-            def step():
-                with torch.inference_mode():
-                    model(x)
-        else:
-            step = _torch_train_step(name, batch)
-    base = _status_mb("VmRSS")
-    step()
-    step()
-    peak = _status_mb("VmHWM")
-    steady = None
-    if _reset_peak():
-        step()
-        step()
-        steady = _status_mb("VmHWM")
-    print(json.dumps({"base": base, "peak": peak, "steady": steady}))
+    set_tf_threads(threads)
+    if mode != "infer":
+        return _keras_train_step(name, batch, True)
+    model = keras_model(name)
+    x = np.zeros((batch,) + tuple(model.input_shape[1:]), "float32")
+    return lambda: model.predict_on_batch(x)
 
 
 def bench_memory(models, batch, threads):
@@ -486,10 +411,7 @@ def bench_memory(models, batch, threads):
         for mode in ("infer", "train"):
             res = {}
             for fw in ("keras", "timm"):
-                code = ("import sys; from keras_vitnt.benchmark import memory_child; "
-                        f"memory_child({fw!r}, {name!r}, {mode!r}, {batch}, {threads})")
-                if fw == "timm":
-                    code = "import timm; " + code
+                code = child_code(fw, name, mode, batch, threads)
                 proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
                 if proc.returncode:
                     raise RuntimeError(f"memory measurement of {fw} {name} {mode} failed:\n{proc.stderr[-2000:]}")
@@ -499,8 +421,9 @@ def bench_memory(models, batch, threads):
                   flush=True)
     lines = [
         "| model | work (batch) | keras_vitnt peak RSS MB | of which during the run | keras_vitnt steady peak "
-        "| timm peak RSS MB | of which during the run | timm steady peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| timm peak RSS MB | of which during the run | timm steady peak | **peak keras_vitnt / timm** "
+        "| during the run keras_vitnt / timm |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def mb(value):
@@ -509,8 +432,14 @@ def bench_memory(models, batch, threads):
     for name, mode, res in rows:
         k, t = res["keras"], res["timm"]
         work = "inference" if mode == "infer" else "training step (AdamW)"
-        lines.append(f"| {name} | {work} ({batch}) | {k['peak']:.0f} | {k['peak'] - k['base']:.0f} | "
-                     f"{mb(k.get('steady'))} | {t['peak']:.0f} | {t['peak'] - t['base']:.0f} | {mb(t.get('steady'))} |")
+        run_k, run_t = k["peak"] - k["base"], t["peak"] - t["base"]
+        lines.append(f"| {name} | {work} ({batch}) | {k['peak']:.0f} | {run_k:.0f} | {mb(k.get('steady'))} | "
+                     f"{t['peak']:.0f} | {run_t:.0f} | {mb(t.get('steady'))} | **{k['peak'] / t['peak']:.2f}** | "
+                     f"{run_k / max(run_t, 1.0):.2f} |")
+    if rows:
+        loaded = {fw: ", ".join(rows[0][2][fw].get("frameworks", [])) or "-" for fw in ("keras", "timm")}
+        lines += ["", f"Frameworks loaded in the measured processes: keras_vitnt {loaded['keras']}; "
+                      f"timm {loaded['timm']}."]
     return lines
 
 
@@ -811,7 +740,7 @@ def _timm_runners(name, batch):
     size = tm.pretrained_cfg["input_size"][1]
     xt = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
     runners, _ = timm_inference_runners(tm, xt, compiled=False)
-    return runners, _torch_train_step(name, batch)
+    return runners, torch_train_step(name, batch)
 
 
 def backend_child(models, batch, rounds, threads):
@@ -1023,9 +952,9 @@ def main(argv=None):
         ("training", [f"## Training step (AdamW, cross-entropy, batch {args.train_batch}, {args.rounds} "
                       "interleaved rounds, ratios as above)"],
          lambda: bench_training(args.train_models, args.train_batch, args.rounds, compiled=not args.no_compile)),
-        ("memory", ["## Peak resident memory (fresh process each; \"during the run\" is the growth from the "
-                    "built model to the peak of the first two calls, which includes compiling; \"steady\" is the "
-                    "peak of two more calls after resetting the peak)"],
+        ("memory", ["## Peak resident memory (a fresh process each, which loads its own framework only; "
+                    "\"during the run\" is the growth from the built model to the peak of the first two calls, which "
+                    "includes compiling; \"steady\" is the peak of two more calls after resetting the peak)"],
          lambda: bench_memory(args.train_models, 16, args.threads)),
         ("litert", [f"## LiteRT, batch 1 (XNNPACK, {args.threads} threads, median of {args.litert_rounds} "
                     "rounds, real-photo input, random weights)"],

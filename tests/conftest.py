@@ -21,10 +21,10 @@ _rss_after_gc = [0.0]
 
 
 def _rss_mb():
-    from keras_vitnt.benchmark import _status_mb
+    from keras_vitnt.peers import status_mb
 
     try:
-        return _status_mb("VmRSS")
+        return status_mb("VmRSS")
     except (OSError, StopIteration):  # not Linux: no measure, Python's own collector only
         return 0.0
 

@@ -161,19 +161,23 @@ def test_int8_section_times_both_int8_paths_on_the_same_weights():
 
 
 def test_memory_child_reports_the_first_and_the_steady_peak():
-    """The memory section's fresh process: the steady peak (after resetting VmHWM) is the later calls' own."""
+    """The memory section's fresh process: it loads its own framework only (the other's libraries are
+    hundreds of MB), and the steady peak (after resetting VmHWM) is the later calls' own."""
     import json
 
-    code = ("import timm, sys; from keras_vitnt.benchmark import memory_child; "
-            "memory_child('timm', 'vit_tiny_patch16_224', 'infer', 2, 1)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert 0 < res["base"] <= res["peak"]
-    if sys.platform.startswith("linux"):
-        # the later calls' own peak: at least the resident base, and it may pass the first peak by a little
-        # (a fresh clone measured 1887.8 against 1887.5 MB), so it is not bounded by it
-        assert res["steady"] is not None and res["base"] <= res["steady"] <= res["peak"] * 1.05
+    from keras_vitnt.peers import child_code
+
+    for fw, own, other in (("timm", "torch", "tensorflow"), ("keras", "tensorflow", "torch")):
+        code = child_code(fw, "vit_tiny_patch16_224", "infer", 2, 1)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert own in res["frameworks"] and other not in res["frameworks"], (fw, res)
+        assert 0 < res["base"] <= res["peak"]
+        if sys.platform.startswith("linux"):
+            # the later calls' own peak: at least the resident base, and it may pass the first peak by a little
+            # (a fresh clone measured 1887.8 against 1887.5 MB), so it is not bounded by it
+            assert res["steady"] is not None and res["base"] <= res["steady"] <= res["peak"] * 1.05
 
 
 def test_training_section_times_timm_compiled_beside_eager(monkeypatch):
@@ -193,7 +197,7 @@ def test_training_section_times_timm_compiled_beside_eager(monkeypatch):
 
         return step
 
-    monkeypatch.setattr(benchmark, "_torch_train_step", tiny_step)
+    monkeypatch.setattr(benchmark, "torch_train_step", tiny_step)
     monkeypatch.setattr(benchmark, "_keras_train_step", lambda name, batch, jit: lambda: time.sleep(0.002))
     lines = benchmark.bench_training(["tiny"], 4, 1)
     row = next(line for line in lines if line.startswith("| tiny"))

@@ -249,3 +249,44 @@ def test_a_sincos_model_saved_before_timms_order_keeps_its_numbers():
     np.testing.assert_allclose(np.asarray(old(x))[0, 1:], sincos_2d((2, 3), 8, order="moco"))
     np.testing.assert_allclose(np.asarray(new(x))[0, 1:], sincos_2d((2, 3), 8, order="timm"))
     assert L.PositionEmbedding.from_config(new.get_config()).sincos_order == "timm"
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 3e-7), ("bfloat16", 8e-3)])
+def test_training_gelu_gradient_is_exact_gelus(dtype, tol):
+    """In training on TensorFlow, exact GELU's gradient is written out so that it keeps only its
+    input (TensorFlow's own keeps three more hidden-width tensors): same values as ops.gelu and
+    the derivative Phi(x) + x phi(x), computed here in float64."""
+    import math
+
+    from keras_vitnt.layers import blocks
+
+    x64 = np.linspace(-9.0, 9.0, 4001)
+    phi = np.exp(-0.5 * x64**2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x64 / math.sqrt(2)))
+    x = keras.ops.cast(x64.astype("float32"), dtype)
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the written-out gradient is the TensorFlow backend's")
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = blocks.gelu(x, training=True)
+    grad = keras.ops.convert_to_numpy(keras.ops.cast(tape.gradient(y, x), "float32"))
+    exact = keras.ops.convert_to_numpy(keras.ops.cast(blocks.gelu(x), "float32"))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")), exact)
+    np.testing.assert_allclose(grad, cdf + x64 * phi, rtol=0, atol=tol * 1.2)
+
+
+def test_mlp_takes_the_training_gelu_in_training_only(monkeypatch):
+    from keras_vitnt.layers import blocks
+
+    calls = []
+    inner = blocks._gelu_keeping_input
+    monkeypatch.setattr(blocks, "_gelu_keeping_input", lambda x: calls.append(1) or inner(x))
+    mlp = L.Mlp(hidden_dim=16, out_dim=8)
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype("float32")
+    y_infer = mlp(x, training=False)
+    assert not calls
+    y_train = mlp(x, training=True)
+    assert calls == ([1] if keras.backend.backend() == "tensorflow" else [])
+    np.testing.assert_array_equal(np.asarray(y_train), np.asarray(y_infer))
