@@ -277,16 +277,100 @@ def test_training_gelu_gradient_is_exact_gelus(dtype, tol):
     np.testing.assert_allclose(grad, cdf + x64 * phi, rtol=0, atol=tol * 1.2)
 
 
-def test_mlp_takes_the_training_gelu_in_training_only(monkeypatch):
+def test_mlp_takes_its_training_forms_in_training_only(monkeypatch):
+    """In training on TensorFlow a plain GELU MLP runs GELU and fc2 as `gelu_dense`; with a dropout
+    between them, GELU alone keeps its input only (`_gelu_keeping_input`); inference takes neither."""
     from keras_vitnt.layers import blocks
 
     calls = []
-    inner = blocks._gelu_keeping_input
-    monkeypatch.setattr(blocks, "_gelu_keeping_input", lambda x: calls.append(1) or inner(x))
-    mlp = L.Mlp(hidden_dim=16, out_dim=8)
+    dense_fn, gelu_fn = blocks.gelu_dense, blocks._gelu_keeping_input
+    monkeypatch.setattr(blocks, "gelu_dense", lambda *a: calls.append("gelu_dense") or dense_fn(*a))
+    monkeypatch.setattr(blocks, "_gelu_keeping_input", lambda x: calls.append("gelu") or gelu_fn(x))
     x = np.random.default_rng(0).standard_normal((6, 8)).astype("float32")
-    y_infer = mlp(x, training=False)
-    assert not calls
-    y_train = mlp(x, training=True)
-    assert calls == ([1] if keras.backend.backend() == "tensorflow" else [])
-    np.testing.assert_array_equal(np.asarray(y_train), np.asarray(y_infer))
+    on_tf = keras.backend.backend() == "tensorflow"
+    for mlp, form in ((L.Mlp(hidden_dim=16, out_dim=8), "gelu_dense"), (L.Mlp(hidden_dim=16, out_dim=8, drop=0.5), "gelu")):
+        y_infer = mlp(x, training=False)
+        assert not calls
+        y_train = mlp(x, training=True)
+        assert calls == ([form] if on_tf else []), calls
+        calls.clear()
+        if not mlp.drop:
+            np.testing.assert_allclose(np.asarray(y_train), np.asarray(y_infer), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("kind", ["vit", "tnt"])
+def test_training_forms_give_autodiffs_gradients(kind, policy):
+    """The training forms (written-out GELU gradient, GELU + fc2 recomputing GELU) against the
+    inference forms' autodiff gradients, for the inputs and every weight of a block; under
+    mixed_bfloat16 both are compared with the float32 autodiff gradients and must be as close."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the training forms are the TensorFlow backend's")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    if kind == "vit":
+        inputs = [rng.standard_normal((3, 7, 64)).astype("float32")]
+    else:
+        inputs = [rng.standard_normal((15, 16, 16)).astype("float32"), rng.standard_normal((3, 6, 64)).astype("float32")]
+
+    def make(dtype):
+        keras.utils.set_random_seed(1)
+        if kind == "vit":
+            block = L.TransformerBlock(dim=64, num_heads=4, dtype=dtype)
+        else:
+            block = L.TNTBlock(inner_dim=16, embed_dim=64, num_words=16, num_heads_inner=2, num_heads_outer=4,
+                               dtype=dtype)
+        block(inputs[0] if kind == "vit" else list(inputs))
+        return block
+
+    def grads(block, training):
+        xs = [tf.constant(a) for a in inputs]
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            out = block(xs[0] if kind == "vit" else xs, training=training)
+            loss = sum(tf.reduce_sum(tf.cast(o, "float32") ** 2) for o in tf.nest.flatten(out))
+        return [np.asarray(tf.cast(g, "float32")) for g in tape.gradient(loss, xs + block.trainable_variables)]
+
+    def err(a, b):
+        return max(float(np.max(np.abs(u - v)) / np.max(np.abs(v))) for u, v in zip(a, b))
+
+    ref_block = make("float32")
+    ref = grads(ref_block, False)
+    block = make(policy)
+    for v, w in zip(block.weights, ref_block.weights):
+        v.assign(w)
+    trained, autodiff = grads(block, True), grads(block, False)
+    assert len(trained) == len(ref) == len(block.trainable_variables) + len(inputs)
+    if policy == "float32":
+        assert err(trained, autodiff) < 2e-6
+    else:  # the same rounding error as autodiff's in bfloat16 (measured 1.7e-2 / 4.0e-2 for both)
+        assert err(trained, ref) <= max(1.25 * err(autodiff, ref), 1e-2)
+
+
+def test_gelu_dense_keeps_no_gelu_output_for_the_backward_pass():
+    """XLA's CSE would merge the backward pass's recomputed gelu(h) with the forward one (then kept
+    until the backward pass, as autodiff keeps it); in the compiled training step, the forward
+    fc2 matmul's input must feed no other matmul."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the training forms are the TensorFlow backend's")
+    import re
+
+    import tensorflow as tf
+
+    mlp = L.Mlp(hidden_dim=48, out_dim=20)
+    x = tf.constant(np.random.default_rng(0).standard_normal((36, 20)).astype("float32"))
+    mlp(x)
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(mlp(x, training=True) ** 2)
+        return tape.gradient(loss, mlp.trainable_variables)
+
+    hlo = step.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    dots = re.findall(r"%(\S+) = f32\[(\d+),(\d+)\]\S* dot\(%([^,\s]+), %([^,\s)]+)\)", hlo)
+    forward = [d for d in dots if d[1:3] == ("36", "20") and "fusion" in d[3]]  # fc2: gelu(h) @ kernel
+    assert len(forward) == 1, dots
+    gelu_out = forward[0][3]
+    assert not [d for d in dots if d is not forward[0] and gelu_out in d[3:]], (gelu_out, dots)

@@ -96,6 +96,17 @@ def layernorm_as_mvn():
     return traced_form("layernorm_as_mvn")
 
 
+def recompute_after(upstream, *tensors):
+    """`tensors` plus a zero taken from the backward pass's `upstream` gradient: for a gradient that
+    recomputes a forward value from them. XLA's CSE merges a recomputation from the very same
+    tensors with the forward computation, which then stays alive until the backward pass (its
+    opt-barrier op is expanded away before CSE on CPU); `x + 0 * upstream[0]` is a new value XLA
+    cannot prove equal to x (0 * y is not 0 for every float) and cannot compute before the
+    backward pass reaches it. Returns (upstream, *tensors)."""
+    zero = upstream[(0,) * len(upstream.shape)] * 0
+    return (upstream, *(t + ops.cast(zero, t.dtype) for t in tensors))
+
+
 def square(x):
     return x * x if in_form("square_as_mul") else ops.square(x)
 
