@@ -28,6 +28,7 @@ import tempfile
 
 import numpy as np
 
+from keras_vitnt.io_utils import SIDECAR
 from keras_vitnt.litert import (  # noqa: F401  (run_litert, litert_ops, parity_report: public here too)
     CALIBRATED,
     MIXED_INT8_OPS,
@@ -47,7 +48,6 @@ log = logging.getLogger("keras_vitnt")
 FORMATS = ("litert", "saved_model", "onnx", "openvino")
 DIRECTORY_FORMATS = ("saved_model", "openvino")  # the others are one file with a <file>.json sidecar
 FP32_TOLERANCE = 1e-4
-SIDECAR = "keras_vitnt.json"  # inside a SavedModel directory; `<file>.json` beside a file
 
 
 class ExportParityError(RuntimeError):

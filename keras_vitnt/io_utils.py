@@ -12,6 +12,8 @@ import os
 import shutil
 import uuid
 
+SIDECAR = "keras_vitnt.json"  # an export's metadata: inside a directory export; `<file>.json` beside a file
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):

@@ -22,8 +22,9 @@ import os
 
 import numpy as np
 
+from keras_vitnt.io_utils import SIDECAR
+
 MODEL_FILE = "model.xml"  # with model.bin beside it, in the export's directory
-SIDECAR = "keras_vitnt.json"
 PRECISIONS = ("f32", "bf16", "f16")
 _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 
