@@ -36,6 +36,51 @@ def _recipe(out, work, backend, demo, train):
                                                    np.asarray(result.model.predict_on_batch(digits)))
 
 
+def _training_forms():
+    """JAX: the gradient forms training takes (GELU's written-out gradient, GELU + fc2 recomputing
+    GELU) against autodiff's gradients of the inference forms, for a ViT and a TNT block's inputs and
+    weights: {"vit": max relative error, "tnt": ..., "calls": gelu_dense calls in training}.
+    None on backends without them (PyTorch)."""
+    import keras
+
+    from keras_vitnt import layers as L
+    from keras_vitnt.layers import blocks
+
+    if keras.backend.backend() not in blocks.TRAINING_FORM_BACKENDS:
+        return None
+    import jax
+    import jax.numpy as jnp
+
+    calls = []
+    inner = blocks.gelu_dense
+    blocks.gelu_dense = lambda *a: calls.append(1) or inner(*a)
+    rng = np.random.default_rng(0)
+    result = {}
+    try:
+        for kind in ("vit", "tnt"):
+            if kind == "vit":
+                block, inputs = L.TransformerBlock(dim=64, num_heads=4), rng.standard_normal((3, 7, 64))
+            else:
+                block = L.TNTBlock(inner_dim=16, embed_dim=64, num_words=16, num_heads_inner=2, num_heads_outer=4)
+                inputs = [rng.standard_normal((15, 16, 16)), rng.standard_normal((3, 6, 64))]
+            inputs = jax.tree_util.tree_map(lambda a: jnp.asarray(a, "float32"), inputs)
+            block(inputs)
+            weights = [v.value for v in block.trainable_variables]
+            fixed = [v.value for v in block.non_trainable_variables]
+
+            def loss(weights, inputs, training):
+                out, _ = block.stateless_call(weights, fixed, inputs, training=training)
+                return sum(jnp.sum(o.astype("float32") ** 2) for o in jax.tree_util.tree_leaves(out))
+
+            trained = jax.tree_util.tree_leaves(jax.grad(loss, argnums=(0, 1))(weights, inputs, True))
+            autodiff = jax.tree_util.tree_leaves(jax.grad(loss, argnums=(0, 1))(weights, inputs, False))
+            result[kind] = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(trained, autodiff))
+    finally:
+        blocks.gelu_dense = inner
+    result["calls"] = len(calls)
+    return result
+
+
 def main(work):
     import keras
 
@@ -72,6 +117,8 @@ def main(work):
     # the last block's patch tokens, before the final norm: the model's own pre-norm tokens
     out["features_shape"] = list(np.asarray(feats).shape)
     np.save(os.path.join(work, f"{backend}_features.npy"), np.asarray(feats))
+
+    out["training_forms"] = _training_forms()
 
     # 3. fit on arrays (the model learns: it fits 8 samples, the loss falls by 4x or more). Not seeded:
     # keras.utils.set_random_seed seeds TensorFlow too, importing it

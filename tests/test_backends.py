@@ -55,6 +55,18 @@ def test_model_weights_and_maps_do_not_import_tensorflow(backend_runs, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_training_forms_give_autodiffs_gradients_on_every_backend(backend_runs, backend):
+    """JAX's training step takes the same gradient forms as TensorFlow's (test_layers checks those);
+    PyTorch's GELU keeps only its input already and has no ops.custom_gradient."""
+    forms = backend_runs[0][backend]["training_forms"]
+    if backend == "torch":
+        assert forms is None
+        return
+    assert forms["calls"] >= 3, forms  # the ViT block's MLP, the TNT block's inner and outer MLPs
+    assert forms["vit"] < 2e-6 and forms["tnt"] < 2e-6, forms
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_and_the_recipe_train_on_every_backend(backend_runs, backend):
     """fit on arrays on both; the recipe on PyTorch here, on JAX in test_train's JAX distribution test
     (three runs, one of them on one device, against which the others are compared)."""

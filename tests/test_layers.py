@@ -288,7 +288,8 @@ def test_mlp_takes_its_training_forms_in_training_only(monkeypatch):
     monkeypatch.setattr(blocks, "_gelu_keeping_input", lambda x: calls.append("gelu") or gelu_fn(x))
     x = np.random.default_rng(0).standard_normal((6, 8)).astype("float32")
     on_tf = keras.backend.backend() == "tensorflow"
-    for mlp, form in ((L.Mlp(hidden_dim=16, out_dim=8), "gelu_dense"), (L.Mlp(hidden_dim=16, out_dim=8, drop=0.5), "gelu")):
+    cases = ((L.Mlp(hidden_dim=16, out_dim=8), "gelu_dense"), (L.Mlp(hidden_dim=16, out_dim=8, drop=0.5), "gelu"))
+    for mlp, form in cases:
         y_infer = mlp(x, training=False)
         assert not calls
         y_train = mlp(x, training=True)
@@ -312,7 +313,8 @@ def test_training_forms_give_autodiffs_gradients(kind, policy):
     if kind == "vit":
         inputs = [rng.standard_normal((3, 7, 64)).astype("float32")]
     else:
-        inputs = [rng.standard_normal((15, 16, 16)).astype("float32"), rng.standard_normal((3, 6, 64)).astype("float32")]
+        inputs = [rng.standard_normal((15, 16, 16)).astype("float32"),
+                  rng.standard_normal((3, 6, 64)).astype("float32")]
 
     def make(dtype):
         keras.utils.set_random_seed(1)
