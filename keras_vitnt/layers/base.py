@@ -102,8 +102,9 @@ def recompute_after(upstream, *tensors):
     tensors with the forward computation, which then stays alive until the backward pass (its
     opt-barrier op is expanded away before CSE on CPU); `x + 0 * upstream[0]` is a new value XLA
     cannot prove equal to x (0 * y is not 0 for every float) and cannot compute before the
-    backward pass reaches it. Returns (upstream, *tensors)."""
-    zero = upstream[(0,) * len(upstream.shape)] * 0
+    backward pass reaches it (the sum of at most one element: a replica's empty batch gives 0).
+    Returns (upstream, *tensors)."""
+    zero = ops.sum(ops.reshape(upstream, (-1,))[:1]) * 0
     return (upstream, *(t + ops.cast(zero, t.dtype) for t in tensors))
 
 
