@@ -1,4 +1,4 @@
-"""timm's side of `keras-vitnt benchmark` and its peak-memory probe, importable without Keras.
+"""timm's side of `keras-vitnt benchmark` and its peak-memory probe, whose text runs without Keras.
 
 The memory section runs this file's own text (`child_code`) in a fresh `python -c` process per
 framework, so that the timm process holds PyTorch alone and the keras_vitnt process TensorFlow
@@ -6,10 +6,10 @@ alone. Each framework's libraries take hundreds of MB of resident memory (import
 a TensorFlow process added 460 MB here); before, the timm process carried TensorFlow, loaded by
 importing the benchmark module, and the keras_vitnt one PyTorch, loaded by its thread setting.
 So this module imports nothing of keras_vitnt (whose package import loads Keras) and no
-framework at the top.
+framework at the top; `import keras_vitnt.peers` itself does load Keras, through the package.
 """
 
-import json
+import json  # noqa: F401  (used by the line child_code appends)
 import sys
 
 FRAMEWORKS = ("tensorflow", "torch", "jax")

@@ -57,7 +57,7 @@ def test_model_weights_and_maps_do_not_import_tensorflow(backend_runs, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_forms_give_autodiffs_gradients_on_every_backend(backend_runs, backend):
     """JAX's training step takes the same gradient forms as TensorFlow's (test_layers checks those);
-    PyTorch's GELU keeps only its input already and has no ops.custom_gradient."""
+    PyTorch's does not take them (not enabled there: its own GELU keeps only its input)."""
     forms = backend_runs[0][backend]["training_forms"]
     if backend == "torch":
         assert forms is None

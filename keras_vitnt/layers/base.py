@@ -97,14 +97,15 @@ def layernorm_as_mvn():
 
 
 def recompute_after(upstream, *tensors):
-    """`tensors` plus a zero taken from the backward pass's `upstream` gradient: for a gradient that
+    """`tensors` plus zeros taken from the backward pass's `upstream` gradient: for a gradient that
     recomputes a forward value from them. XLA's CSE merges a recomputation from the very same
     tensors with the forward computation, which then stays alive until the backward pass (its
-    opt-barrier op is expanded away before CSE on CPU); `x + 0 * upstream[0]` is a new value XLA
-    cannot prove equal to x (0 * y is not 0 for every float) and cannot compute before the
-    backward pass reaches it (the sum of at most one element: a replica's empty batch gives 0).
-    Returns (upstream, *tensors)."""
-    zero = ops.sum(ops.reshape(upstream, (-1,))[:1]) * 0
+    opt-barrier op is expanded away before CSE on CPU); `x + 0 * upstream[..., :1]` is a new value
+    XLA cannot prove equal to x (0 * y is not 0 for every float) and cannot compute before the
+    backward pass reaches it. One zero per row (the tensors share upstream's leading axes): a
+    batch split across devices needs no exchange, an empty one works, and a non-finite gradient
+    spreads only within its row. Returns (upstream, *tensors)."""
+    zero = upstream[..., :1] * 0
     return (upstream, *(t + ops.cast(zero, t.dtype) for t in tensors))
 
 

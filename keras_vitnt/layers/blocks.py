@@ -34,16 +34,21 @@ def gelu_as_erf():
     return traced_form("gelu_as_erf")
 
 
-# the backends whose training steps take the gradient forms below (`ops.custom_gradient`; PyTorch's
-# own GELU keeps only its input). On JAX they took ViT-S/16's XLA step at batch 16 from 2627 to
-# 2017 MB and TNT-S's from 5469 to 4247 MB, 1.03x as fast.
+# the backends whose training steps take the gradient forms below (`ops.custom_gradient`; not
+# enabled nor measured on PyTorch, whose own GELU keeps only its input). On JAX they took ViT-S/16's
+# XLA step at batch 16 from 2627 to 2017 MB and TNT-S's from 5469 to 4247 MB, 1.03x as fast; being
+# custom VJPs there, they rule out forward-mode autodiff (jax.jvp) of a call with training=True.
 TRAINING_FORM_BACKENDS = ("tensorflow", "jax")
+
+
+def _normal_cdf(x):
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
+    return 0.5 * (1.0 + ops.erf(x * ops.cast(1.0 / math.sqrt(2.0), x.dtype)))
 
 
 def _gelu_derivative(x):
     """d gelu / dx = Phi(x) + x phi(x) (exact GELU)."""
-    cdf = 0.5 * (1.0 + ops.erf(x * ops.cast(1.0 / math.sqrt(2.0), x.dtype)))
-    return cdf + x * ops.exp(-0.5 * ops.square(x)) * ops.cast(1.0 / math.sqrt(2.0 * math.pi), x.dtype)
+    return _normal_cdf(x) + x * ops.exp(-0.5 * ops.square(x)) * ops.cast(1.0 / math.sqrt(2.0 * math.pi), x.dtype)
 
 
 @ops.custom_gradient
@@ -91,7 +96,7 @@ def gelu_dense(h, kernel, bias=None):
 def gelu(x, training=None):
     """Exact (erf) GELU. `training` on TensorFlow and JAX: the same values, with a gradient that
     keeps only x (`_gelu_keeping_input`); inference keeps `ops.gelu`, which oneDNN fuses into fc1."""
-    if in_form("gelu_as_erf"):
+    if in_form("gelu_as_erf"):  # this exact form: OpenVINO's GELU fusion matches it (tests/test_export.py)
         return 0.5 * x * (1.0 + ops.erf(x * ops.cast(1.0 / math.sqrt(2.0), x.dtype)))
     if training and keras.backend.backend() in TRAINING_FORM_BACKENDS:
         return _gelu_keeping_input(x)
