@@ -198,9 +198,10 @@ def matmul_peak(threads, rounds=5, n=2048):
 # --- sections --------------------------------------------------------------------------------
 
 
-def timm_inference_runners(tm, xt, compiled=True):
+def timm_inference_runners(tm, xt, compiled=True, bf16=True):
     """The PyTorch user's settings for inference, each under `torch.inference_mode()`: timm fp32
-    ("timm"), under `torch.autocast("cpu", dtype=torch.bfloat16)` ("timm_bf16"), and both through
+    ("timm"), under `torch.autocast("cpu", dtype=torch.bfloat16)` ("timm_bf16", left out with
+    `bf16=False`), and both through
     `torch.compile` with Inductor's `freezing` (weights folded and prepacked for oneDNN, PyTorch's
     recommended CPU inference setting: +10% fp32, +50% bf16 on ViT-S here; "timm_compiled",
     "timm_bf16_compiled"; compiled by a first call, whose seconds are returned apart:
@@ -210,11 +211,11 @@ def timm_inference_runners(tm, xt, compiled=True):
     def fp32(x):
         return tm(x)
 
-    def bf16(x):
+    def autocast(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return tm(x)
 
-    fns, compile_s = {"timm": fp32, "timm_bf16": bf16}, {}
+    fns, compile_s = {"timm": fp32, "timm_bf16": autocast} if bf16 else {"timm": fp32}, {}
     if compiled:
         import torch._dynamo
         import torch._inductor.config
@@ -223,7 +224,7 @@ def timm_inference_runners(tm, xt, compiled=True):
         # fp32/bf16 are one code object for every model and batch: dynamo's cache for it would pass its
         # recompile limit (8) within the default model list and run the rest eager, with only a warning
         torch._dynamo.reset()
-        for key in ("timm", "timm_bf16"):
+        for key in list(fns):
             fn = torch.compile(fns[key], dynamic=False)
             graphs = counters["stats"]["unique_graphs"]
             t0 = time.perf_counter()
@@ -269,6 +270,18 @@ def openvino_runners(km, x, workdir, threads):
     return runners
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16():
+    """False where /proc/cpuinfo's flags show no bfloat16 instructions (an AVX2-only EPYC, say): there
+    TensorFlow, PyTorch and OpenVINO emulate bf16, timm's autocast ViT-S runs about 6x slower than its fp32,
+    and timing every bf16 row would take the benchmark an hour for nothing a user should run. True where
+    the flags could not be read (another architecture): timed, not guessed."""
+    flags = cpu_info()[1]
+    return flags is None or any(f in flags for f in BF16_FLAGS)
+
+
 FP32_PATHS = (("keras", "keras_vitnt TF `predict_on_batch`"), ("ov", "keras_vitnt OpenVINO f32"))
 BF16_PATHS = (("bf16", "keras_vitnt TF mixed_bfloat16"), ("ov_bf16", "keras_vitnt OpenVINO bf16"))
 
@@ -277,20 +290,24 @@ def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
     import numpy as np
     import torch
 
-    rows = []
+    rows, every_bf16 = [], native_bf16()  # without native bf16: the first row only shows what emulation costs
     with tempfile.TemporaryDirectory(prefix="keras_vitnt_bench-") as workdir:
         for name in models:
-            km = keras_model(name)
-            kb = keras_model(name, policy="mixed_bfloat16")
-            kb.set_weights(km.get_weights())
+            km, kb = keras_model(name), None
             tm = torch_model(name).eval()
             gflop = matmul_flops(km) / 1e9
             size = km.input_shape[1]
             for batch in batches:
+                bf16 = every_bf16 or not rows
                 x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
                 xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-                runners, compile_s = timm_inference_runners(tm, xt, compiled and name != "resnet50")
-                runners.update({"keras": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x)})
+                runners, compile_s = timm_inference_runners(tm, xt, compiled and name != "resnet50", bf16=bf16)
+                runners["keras"] = lambda: km.predict_on_batch(x)
+                if bf16:
+                    if kb is None:
+                        kb = keras_model(name, policy="mixed_bfloat16")
+                        kb.set_weights(km.get_weights())
+                    runners["bf16"] = lambda: kb.predict_on_batch(x)
                 runners.update(openvino_runners(km, x, workdir, threads))
                 times = interleaved_times(runners, rounds)
                 ips = {k: batch / statistics.median(v) for k, v in times.items()}
@@ -334,13 +351,17 @@ def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
         lines.append(f"| {label(r)} | {r['batch']} | " + " | ".join(cell(r["ips"], k) for k, _ in BF16_PATHS)
                      + f" | {cell(r['ips'], 'timm_bf16')} | {cell(r['ips'], 'timm_bf16_compiled')} | "
                      + " | ".join(cell(r["ratio"], k, "{:.2f}", bold=True) for k, _ in BF16_PATHS) + " |")
-    compiles = [f"{r['model']} batch {r['batch']}: fp32 {r['compile_s']['timm_compiled']:.0f} s, bf16 "
-                f"{r['compile_s']['timm_bf16_compiled']:.0f} s" for r in rows if r["compile_s"]]
+    compiles = [f"{r['model']} batch {r['batch']}: "
+                + ", ".join(f"{'bf16' if 'bf16' in k else 'fp32'} {v:.0f} s" for k, v in r["compile_s"].items())
+                for r in rows if r["compile_s"]]
     if compiles:
         lines += ["", "torch.compile's first call (not counted above): " + "; ".join(compiles) + "."]
+    if not every_bf16:
+        lines += ["", f"bfloat16 is timed in the first row only: this CPU has none of {', '.join(BF16_FLAGS)}, so "
+                  "TensorFlow and PyTorch emulate it (that row shows the cost) and OpenVINO refuses it. Use fp32 here."]
     if not any("ov" in r["ips"] for r in rows):
         lines += ["", "OpenVINO columns: the openvino package is not installed (pip install 'keras_vitnt[openvino]')."]
-    elif not any("ov_bf16" in r["ips"] for r in rows):
+    elif every_bf16 and not any("ov_bf16" in r["ips"] for r in rows):
         lines += ["", "OpenVINO bf16: this CPU has no native bfloat16 (OpenVINO would emulate it)."]
     return lines
 
@@ -918,6 +939,13 @@ def main(argv=None):
         if not _is_benchmark_result(args.out):  # --overwrite replaces only what the benchmark wrote
             raise SystemExit(f"keras-vitnt benchmark: {args.out} exists and is not a keras_vitnt benchmark result "
                              f"(it does not start with '{HEADER}'); it was left untouched: choose another --out")
+    partial = args.out + ".partial"  # the finished sections while the run goes on, so that an interrupted run keeps them
+    if os.path.exists(partial) and not args.overwrite:
+        raise SystemExit(f"keras-vitnt benchmark: {partial} exists (the finished sections of a run that did not end); "
+                         "keep it by moving it, or pass --overwrite to replace it")
+    if os.path.exists(partial) and not _is_benchmark_result(partial):
+        raise SystemExit(f"keras-vitnt benchmark: {partial} (where this run keeps its finished sections) exists and is "
+                         "not a keras_vitnt benchmark result; it was left untouched: move it or choose another --out")
     if importlib.util.find_spec("timm") is None:  # not imported here: see below
         raise SystemExit("keras-vitnt benchmark compares with timm: pip install 'keras_vitnt[test]' "
                          "(timm, torch==2.14.1, torchvision==0.29.1)")
@@ -980,6 +1008,8 @@ def main(argv=None):
                       "`train_on_batch`, AdamW, as the recipe runs it (XLA on TensorFlow and JAX, eager on PyTorch)."],
          lambda: bench_backends(args.backend_models, args.train_batch, args.rounds, args.threads)),
     ]
+    from keras_vitnt.io_utils import write_text
+
     failed = []
     for section, heading, run in plan:
         if section in args.sections:
@@ -993,12 +1023,15 @@ def main(argv=None):
                 failed.append(section)
                 lines = [f"**This section failed**: {type(e).__name__}: {e}"]
             out += heading + [""] + lines + [""]
+            write_text(partial, "\n".join(out) + f"\n**Unfinished run**: after {(time.time() - t0) / 60:.1f} min; "
+                       f"the sections after '{section}' did not finish.\n")
+            print(f"  {section} done; the finished sections are in {partial} until the run ends", flush=True)
     out += [f"Total time {(time.time() - t0) / 60:.1f} min."]
     text = "\n".join(out) + "\n"
     print("\n" + text)
-    from keras_vitnt.io_utils import write_text
-
     write_text(args.out, text)
+    if os.path.exists(partial):
+        os.remove(partial)
     print(f"written to {args.out}")
     if failed:
         print(f"keras-vitnt benchmark: section(s) failed: {', '.join(failed)} (the error is in {args.out})",

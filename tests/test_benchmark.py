@@ -219,3 +219,44 @@ def test_a_failing_section_keeps_the_others_results(monkeypatch, tmp_path):
     text = out.read_text()
     assert "| the training table |" in text
     assert "**This section failed**: RuntimeError: no such kernel" in text
+    assert not os.path.exists(f"{out}.partial")  # the run ended: only the result stays
+
+
+def test_an_interrupted_run_keeps_its_finished_sections_and_the_next_run_keeps_them_too(monkeypatch, tmp_path):
+    """Ctrl-C (or a killed job) in the third hour of a run leaves the sections that finished, marked as an
+    unfinished run, beside the untouched earlier result; a new run neither overwrites that file unasked
+    nor makes a result of it."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, "matmul_peak", lambda threads: {"float32": 100.0, "bfloat16": 200.0})
+    monkeypatch.setattr(benchmark, "bench_training", lambda *args, **kwargs: ["| the training table |"])
+    monkeypatch.setattr(benchmark, "bench_int8", interrupted)
+    out = tmp_path / "bench.md"
+    out.write_text(benchmark.HEADER + "\nan earlier run\n")
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(["--sections", "training", "int8", "--out", str(out), "--overwrite"])
+    assert out.read_text() == benchmark.HEADER + "\nan earlier run\n"
+    kept = (tmp_path / "bench.md.partial").read_text()
+    assert "| the training table |" in kept and "**Unfinished run**" in kept and "after 'training'" in kept
+    out.unlink()
+    with pytest.raises(SystemExit, match="bench.md.partial exists"):
+        benchmark.main(["--sections", "training", "--out", str(out)])
+    (tmp_path / "other.md.partial").write_text("my notes\n")  # not ours: --overwrite does not replace it
+    with pytest.raises(SystemExit, match="not a keras_vitnt benchmark result"):
+        benchmark.main(["--sections", "training", "--out", str(tmp_path / "other.md"), "--overwrite"])
+    assert (tmp_path / "other.md.partial").read_text() == "my notes\n"
+
+
+def test_a_cpu_without_bf16_instructions_times_bf16_once(monkeypatch):
+    """On an AVX2-only CPU, bf16 is emulated (timm's autocast ViT-S ran 6x slower than fp32 on such an
+    EPYC): the benchmark shows that once instead of spending an hour on it."""
+    import torch
+
+    for flags, native in ((["avx2"], False), (["avx2", "avx512f", "avx512_bf16"], True), (["amx_bf16"], True),
+                          (None, True)):
+        monkeypatch.setattr(benchmark, "cpu_info", lambda flags=flags: ("a CPU", flags))
+        assert benchmark.native_bf16() is native, flags
+    model = torch.nn.Linear(8, 4).eval()
+    runners, compile_s = benchmark.timm_inference_runners(model, torch.randn(2, 8), compiled=False, bf16=False)
+    assert sorted(runners) == ["timm"] and compile_s == {}
