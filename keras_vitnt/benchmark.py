@@ -16,7 +16,8 @@ same run are stable. Sections:
   timm setting of the same precision.
   `keras.applications.ResNet50` (next to torchvision's, eager) is the CNN baseline. The matmul
   FLOPs of each model are counted on its graph; "% of peak" is the fp32 path's FLOP rate
-  over the fp32 matmul peak (a 2048^3 `tf.matmul`) measured at the start of the run.
+  over the fp32 matmul peak (a 2048^3 matmul, the faster of TensorFlow's and PyTorch's) measured at the start
+  of the run.
 - training: one optimizer step on a batch (Keras `train_on_batch` with AdamW, with and
   without XLA) next to a PyTorch AdamW step on the timm model, eager and with the model
   through `torch.compile` (its first step, which compiles, reported apart).
@@ -53,13 +54,13 @@ import datetime
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from keras_vitnt.cpu import BF16_FLAGS, PERF_FLAGS, cpu_info, native_bf16
 from keras_vitnt.peers import child_code, torch_model, torch_train_step
 from keras_vitnt.precision import dtype_policy, policy_copy
 
@@ -181,18 +182,37 @@ def matmul_flops(model):
 
 
 def matmul_peak(threads, rounds=5, n=2048):
-    """Measured GFLOP/s of an n^3 tf.matmul in fp32 and bf16 (medians, interleaved)."""
+    """Measured GFLOP/s of an n^3 matmul, interleaved medians: {"tf_float32", "tf_bfloat16", "torch_float32",
+    "torch_bfloat16" (only where the CPU has bf16 instructions: emulated, PyTorch's took minutes), and per dtype
+    "float32" / "bfloat16": the faster framework's, the peak the tables' percentages are of}. TensorFlow's alone
+    would understate it on some CPUs (an AVX2 EPYC: TF 101, PyTorch 167 GFLOP/s fp32)."""
     import tensorflow as tf
+    import torch
 
     set_threads(threads)
     runners = {}
     for dtype in ("float32", "bfloat16"):
-        a = tf.random.normal((n, n), dtype="float32")
-        a = tf.cast(a, dtype)
+        a = tf.cast(tf.random.normal((n, n), dtype="float32"), dtype)
         fn = tf.function(lambda x: tf.matmul(x, x))
-        runners[dtype] = lambda fn=fn, a=a: fn(a).numpy()
-    med = interleaved_medians(runners, rounds)
-    return {k: 2 * n**3 / v / 1e9 for k, v in med.items()}
+        runners["tf_" + dtype] = lambda fn=fn, a=a: fn(a).numpy()
+        if dtype == "float32" or native_bf16():
+            t = torch.randn(n, n).to(getattr(torch, dtype))
+            runners["torch_" + dtype] = lambda t=t: torch.mm(t, t)
+    peak = {k: 2 * n**3 / v / 1e9 for k, v in interleaved_medians(runners, rounds).items()}
+    for dtype in ("float32", "bfloat16"):
+        peak[dtype] = max(v for k, v in peak.items() if k.endswith("_" + dtype))
+    return peak
+
+
+def peak_line(peak):
+    """The header line of the run's measured matmul peaks."""
+    def per_framework(dtype):
+        return " / ".join(f"{fw} {peak[f'{fw}_{dtype}']:.0f}" for fw in ("tf", "torch") if f"{fw}_{dtype}" in peak)
+
+    return (f"Measured matmul peak (2048^3, median of 5, GFLOP/s; the faster framework's is the tables' peak): fp32 "
+            f"{per_framework('float32')}, bf16 {per_framework('bfloat16')}"
+            + ("" if "torch_bfloat16" in peak else " (PyTorch's bf16 not timed: this CPU has no bf16 instructions)")
+            + ".")
 
 
 # --- sections --------------------------------------------------------------------------------
@@ -270,18 +290,6 @@ def openvino_runners(km, x, workdir, threads):
     return runners
 
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def native_bf16():
-    """False where /proc/cpuinfo's flags show no bfloat16 instructions (an AVX2-only EPYC, say): there
-    TensorFlow, PyTorch and OpenVINO emulate bf16, timm's autocast ViT-S runs about 6x slower than its fp32,
-    and timing every bf16 row would take the benchmark an hour for nothing a user should run. True where
-    the flags could not be read (another architecture): timed, not guessed."""
-    flags = cpu_info()[1]
-    return flags is None or any(f in flags for f in BF16_FLAGS)
-
-
 FP32_PATHS = (("keras", "keras_vitnt TF `predict_on_batch`"), ("ov", "keras_vitnt OpenVINO f32"))
 BF16_PATHS = (("bf16", "keras_vitnt TF mixed_bfloat16"), ("ov_bf16", "keras_vitnt OpenVINO bf16"))
 
@@ -347,7 +355,7 @@ def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
               + " | timm autocast eager | timm autocast torch.compile | "
               + " | ".join(f"**{t} / fastest timm bf16**" for _, t in BF16_PATHS) + " |",
               "|---|---:|" + "---:|" * (2 * len(BF16_PATHS) + 2)]
-    for r in rows:
+    for r in (r for r in rows if any("bf16" in k for k in r["ips"])):
         lines.append(f"| {label(r)} | {r['batch']} | " + " | ".join(cell(r["ips"], k) for k, _ in BF16_PATHS)
                      + f" | {cell(r['ips'], 'timm_bf16')} | {cell(r['ips'], 'timm_bf16_compiled')} | "
                      + " | ".join(cell(r["ratio"], k, "{:.2f}", bold=True) for k, _ in BF16_PATHS) + " |")
@@ -752,15 +760,15 @@ def bench_int8(models, threads, rounds, n_images=32):
     return lines
 
 
-def _timm_runners(name, batch):
-    """timm fp32 eager, bf16 autocast eager, and an AdamW step: the in-process references."""
+def _timm_runners(name, batch, bf16=True):
+    """timm fp32 eager, bf16 autocast eager (with `bf16`), and an AdamW step: the in-process references."""
     import numpy as np
     import torch
 
     tm = torch_model(name).eval()
     size = tm.pretrained_cfg["input_size"][1]
     xt = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype("float32"))
-    runners, _ = timm_inference_runners(tm, xt, compiled=False)
+    runners, _ = timm_inference_runners(tm, xt, compiled=False, bf16=bf16)
     return runners, torch_train_step(name, batch)
 
 
@@ -775,14 +783,17 @@ def backend_child(models, batch, rounds, threads):
     import torch
 
     torch.set_num_threads(threads)
+    bf16 = native_bf16()  # emulated bf16 is not timed (see bench_inference)
     for name in models:
         km = keras_model(name)
-        kb = keras_model(name, policy="mixed_bfloat16")
-        kb.set_weights(km.get_weights())
         size = km.input_shape[1]
         x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
-        runners, timm_step = _timm_runners(name, batch)
-        runners.update({"fp32": lambda: km.predict_on_batch(x), "bf16": lambda: kb.predict_on_batch(x)})
+        runners, timm_step = _timm_runners(name, batch, bf16)
+        runners["fp32"] = lambda: km.predict_on_batch(x)
+        if bf16:
+            kb = keras_model(name, policy="mixed_bfloat16")
+            kb.set_weights(km.get_weights())
+            runners["bf16"] = lambda: kb.predict_on_batch(x)
         row = {"backend": backend, "model": name, "batch": batch}
         if backend == "torch":  # Keras's jit_compile on PyTorch is torch.compile; its first call compiles
             kc = keras_model(name)
@@ -798,7 +809,8 @@ def backend_child(models, batch, rounds, threads):
         for key in ("fp32", "fp32_compiled"):
             if key in times:
                 row[key + "_ratio"] = speedup(times, key, "timm")
-        row["bf16_ratio"] = speedup(times, "bf16", "timm_bf16")
+        if bf16:
+            row["bf16_ratio"] = speedup(times, "bf16", "timm_bf16")
         # the recipe's step: XLA on TensorFlow and JAX, eager on PyTorch (torch.compile recompiles Keras's step)
         train = {"train": _keras_train_step(name, batch, backend != "torch"), "timm_train": timm_step}
         ttimes = interleaved_times(train, rounds)
@@ -820,10 +832,14 @@ def bench_backends(models, batch, rounds, threads):
             rows.append({"backend": backend, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
             continue
         for row in got:
-            print(f"  {backend} {row['model']}: fp32 {row['fp32']:.1f} img/s ({row['fp32_ratio']:.2f}x timm), bf16 "
-                  f"{row['bf16']:.1f} ({row['bf16_ratio']:.2f}x timm bf16), train {row['train']:.2f} "
-                  f"({row['train_ratio']:.2f}x)", flush=True)
+            bf16 = (f", bf16 {row['bf16']:.1f} ({row['bf16_ratio']:.2f}x timm bf16)" if "bf16" in row else "")
+            print(f"  {backend} {row['model']}: fp32 {row['fp32']:.1f} img/s ({row['fp32_ratio']:.2f}x timm){bf16}, "
+                  f"train {row['train']:.2f} ({row['train_ratio']:.2f}x)", flush=True)
         rows += got
+
+    def value(r, key, fmt):
+        return fmt.format(r[key]) if key in r else "-"
+
     lines = [
         f"| backend | model | fp32 img/s | / timm fp32 | mixed_bfloat16 img/s | / timm bf16 autocast | train step "
         f"img/s | / timm step | timm fp32 / bf16 / step img/s |",
@@ -833,39 +849,20 @@ def bench_backends(models, batch, rounds, threads):
         if "error" in r:
             lines.append(f"| {r['backend']} | failed: {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['backend']} | {r['model']} | {r['fp32']:.1f} | **{r['fp32_ratio']:.2f}** | {r['bf16']:.1f} | "
-                     f"**{r['bf16_ratio']:.2f}** | {r['train']:.2f} | **{r['train_ratio']:.2f}** | {r['timm']:.1f} / "
-                     f"{r['timm_bf16']:.1f} / {r['timm_train']:.2f} |")
+        lines.append(f"| {r['backend']} | {r['model']} | {r['fp32']:.1f} | **{r['fp32_ratio']:.2f}** | "
+                     f"{value(r, 'bf16', '{:.1f}')} | {value(r, 'bf16_ratio', '**{:.2f}**')} | {r['train']:.2f} | "
+                     f"**{r['train_ratio']:.2f}** | {r['timm']:.1f} / {value(r, 'timm_bf16', '{:.1f}')} / "
+                     f"{r['timm_train']:.2f} |")
         if "fp32_compiled" in r:
             lines.append(f"| torch + torch.compile (`jit_compile=True`; compiling took {r['compile_s']:.0f} s) | "
                          f"{r['model']} | {r['fp32_compiled']:.1f} | **{r['fp32_compiled_ratio']:.2f}** | | | | | |")
+    if any("error" not in r and "bf16" not in r for r in rows):
+        lines += ["", f"bfloat16 not timed: this CPU has none of {', '.join(BF16_FLAGS)} (emulated bf16; see the "
+                  "inference section)."]
     return lines
 
 
 # --- the run -------------------------------------------------------------------------------------
-
-
-PERF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # what the kernels pick
-
-
-def cpu_info(path="/proc/cpuinfo"):
-    """(model name, [the CPU flags of PERF_FLAGS it has], or None where no flags line could be read); the
-    flags decide which bf16/int8 kernels oneDNN and PyTorch use (AMX or AVX-512), so every table says them."""
-    model, flags = None, None  # flags None: not read (no /proc/cpuinfo, no flags line)
-    try:
-        with open(path) as f:
-            info = f.read()
-    except OSError:
-        info = ""
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model is None:
-            model = value.strip()
-        elif key.strip() == "flags":
-            have = set(value.split())
-            flags = [f for f in PERF_FLAGS if f in have]
-            break
-    return model or platform.processor() or "unknown CPU", flags
 
 
 def machine_line(threads):
@@ -960,8 +957,7 @@ def main(argv=None):
            f"Command: `keras-vitnt benchmark {' '.join(argv)}`", ""]
     t0 = time.time()
     peak = matmul_peak(args.threads)
-    out += [f"Measured matmul peak (2048^3 `tf.matmul`, median of 5): fp32 {peak['float32']:.0f} GFLOP/s, "
-            f"bf16 {peak['bfloat16']:.0f} GFLOP/s.", ""]
+    out += [peak_line(peak), ""]
     print(out[-2], flush=True)
     plan = [  # (section, heading lines, run) in the order they are reported
         ("inference", [f"## Inference ({args.rounds} interleaved rounds, random weights)", "",

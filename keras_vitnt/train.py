@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 
+from keras_vitnt.cpu import BF16_FLAGS, native_bf16
 from keras_vitnt.io_utils import remove, save_model, write_json, write_text
 from keras_vitnt.optimizers import LayerDecayAdamW, layer_id  # noqa: F401  (layer_id: public here too)
 
@@ -297,27 +298,42 @@ def _scope(strategy):
     return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
-def mixed_precision_policy(name):
-    if name == "auto":
-        return "mixed_float16" if _has_gpu() else "mixed_bfloat16"
-    return None if name == "none" else name
+def mixed_precision_policy(name, strategy=None):
+    """The Keras policy for `mixed_precision=name` (None: float32). "auto": float16 on a GPU, bfloat16 on a
+    TPU and on a CPU with bfloat16 instructions (AVX512_BF16, AMX), float32 on a CPU without them, where
+    TensorFlow and PyTorch would only emulate bfloat16 (slower than float32)."""
+    if name != "auto":
+        return None if name == "none" else name
+    device = _accelerator(strategy)
+    if device == "gpu":
+        return "mixed_float16"
+    if device == "tpu" or native_bf16():
+        return "mixed_bfloat16"
+    log.info("--mixed-precision auto: float32, since this CPU has none of %s (bfloat16 would be emulated, "
+             "and slower)", ", ".join(BF16_FLAGS))
+    return None
 
 
-def _has_gpu():
+def _accelerator(strategy=None):
+    """"gpu", "tpu" or None (CPU only), as the Keras backend sees the devices (and `strategy`, a TPUStrategy)."""
+    if "TPU" in type(strategy).__name__:
+        return "tpu"
     import keras
 
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return any(d.platform == "gpu" for d in jax.devices())
-    if backend == "torch":
+        platforms = {d.platform for d in jax.devices()}
+    elif backend == "torch":
         import torch
 
-        return torch.cuda.is_available()
-    import tensorflow as tf
+        platforms = {"gpu"} if torch.cuda.is_available() else set()
+    else:
+        import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+        platforms = {d.device_type.lower() for d in tf.config.list_physical_devices()}
+    return next((p for p in ("gpu", "tpu") if p in platforms), None)
 
 
 # --- the run -------------------------------------------------------------------------
@@ -530,7 +546,7 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
     keras.utils.set_random_seed(cfg.seed)
     image_size = default_image_size(cfg)
     _prepare_folder(cfg, state)
-    with _global_dtype_policy(cfg.mixed_precision) as policy, _scope(strategy):
+    with _global_dtype_policy(cfg.mixed_precision, strategy) as policy, _scope(strategy):
         data = _datasets(cfg, image_size, _data_parallel_groups(strategy))
         model, initial_epoch = _compiled_model(cfg, state, data, image_size, strategy)
         callbacks = _callbacks(cfg, extra_callbacks)
@@ -604,12 +620,12 @@ def _prepare_folder(cfg, state):
 
 
 @contextlib.contextmanager
-def _global_dtype_policy(name):
+def _global_dtype_policy(name, strategy=None):
     """Keras's global dtype policy set to the mixed-precision policy `name` asks for (yielded;
     None for float32) inside the block, and the previous one restored after it."""
     import keras
 
-    policy = mixed_precision_policy(name)
+    policy = mixed_precision_policy(name, strategy)
     previous_policy = keras.config.dtype_policy()
     if policy:
         keras.mixed_precision.set_global_policy(policy)

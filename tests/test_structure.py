@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_vitnt"
 
 # bottom to top; a module may import its own tier and those before it
 TIERS = [
-    {"layers", "io_utils", "precision", "optimizers", "data", "openvino_runtime", "peers"},  # know nothing of checkpoints or the registry
+    {"layers", "io_utils", "precision", "optimizers", "data", "openvino_runtime", "peers", "cpu"},  # know nothing of checkpoints or the registry
     {"weights"},  # checkpoints, the hub, timm_map.py: which timm tensor is which Keras weight
     {"models"},  # configs, registry, weights resolver, trunks, builder, constructors
     {"litert", "exporter", "quantization", "features", "visualize", "train", "benchmark", "demo"},

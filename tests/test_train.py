@@ -125,6 +125,27 @@ def test_mixed_bfloat16_training(tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # restored after the run
 
 
+def test_auto_mixed_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypatch, caplog):
+    """On an AVX2-only CPU TensorFlow and PyTorch emulate bfloat16, slower than float32: "auto" must not
+    pick it there, and must say what it picked. A TPU's host CPU (an EPYC without bf16 too) does not count."""
+    from keras_vitnt import train as recipe
+
+    class TPUStrategy:
+        pass
+
+    for native, strategy, want in ((False, None, None), (True, None, "mixed_bfloat16"),
+                                   (False, TPUStrategy(), "mixed_bfloat16")):
+        monkeypatch.setattr(recipe, "native_bf16", lambda native=native: native)
+        with caplog.at_level(logging.INFO, logger="keras_vitnt"):
+            caplog.clear()
+            assert recipe.mixed_precision_policy("auto", strategy) == want, (native, strategy)
+        assert ("none of avx512_bf16, amx_bf16" in caplog.text) == (want is None)
+    assert recipe.mixed_precision_policy("mixed_bfloat16") == "mixed_bfloat16"  # asked for by name: kept
+    assert recipe.mixed_precision_policy("none") is None
+    monkeypatch.setattr(recipe, "_accelerator", lambda strategy=None: "gpu")
+    assert recipe.mixed_precision_policy("auto") == "mixed_float16"
+
+
 def _read_run(path):
     import json
 

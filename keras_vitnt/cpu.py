@@ -1,0 +1,38 @@
+"""What this machine's CPU computes natively, read from /proc/cpuinfo (no framework imported).
+
+The flags decide which bf16/int8 kernels oneDNN, PyTorch and OpenVINO use (AMX, AVX-512 or AVX2):
+the benchmark prints them with every table, and `--mixed-precision auto` trains in float32 rather
+than bfloat16 on a CPU that would only emulate bfloat16.
+"""
+
+import platform
+
+PERF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # what the kernels pick
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_info(path="/proc/cpuinfo"):
+    """(model name, [the CPU flags of PERF_FLAGS it has], or None where no flags line could be read)."""
+    model, flags = None, None  # flags None: not read (no /proc/cpuinfo, no flags line)
+    try:
+        with open(path) as f:
+            info = f.read()
+    except OSError:
+        info = ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model is None:
+            model = value.strip()
+        elif key.strip() == "flags":
+            have = set(value.split())
+            flags = [f for f in PERF_FLAGS if f in have]
+            break
+    return model or platform.processor() or "unknown CPU", flags
+
+
+def native_bf16():
+    """False where /proc/cpuinfo's flags show no bfloat16 instructions (an AVX2-only AMD EPYC, say): there
+    TensorFlow and PyTorch emulate bf16 (timm's autocast ViT-S/16 ran 6x slower than its fp32 on one) and
+    OpenVINO refuses it. True where the flags could not be read (another architecture): not guessed."""
+    flags = cpu_info()[1]
+    return flags is None or any(f in flags for f in BF16_FLAGS)
