@@ -185,7 +185,7 @@ def matmul_peak(threads, rounds=5, n=2048):
     """Measured GFLOP/s of an n^3 matmul, interleaved medians: {"tf_float32", "tf_bfloat16", "torch_float32",
     "torch_bfloat16" (only where the CPU has bf16 instructions: emulated, PyTorch's took minutes), and per dtype
     "float32" / "bfloat16": the faster framework's, the peak the tables' percentages are of}. TensorFlow's alone
-    would understate it on some CPUs (an AVX2 EPYC: TF 101, PyTorch 167 GFLOP/s fp32)."""
+    would understate it on some CPUs (an AVX2 EPYC: TF 119, PyTorch 159 GFLOP/s fp32 in one run)."""
     import tensorflow as tf
     import torch
 
