@@ -7,12 +7,13 @@ than bfloat16 on a CPU that would only emulate bfloat16.
 
 import platform
 
-PERF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # what the kernels pick
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# what the kernels pick: x86 flags, then Arm's (its /proc/cpuinfo names them on a "Features" line)
+PERF_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimd", "sve", "bf16", "i8mm")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 def cpu_info(path="/proc/cpuinfo"):
-    """(model name, [the CPU flags of PERF_FLAGS it has], or None where no flags line could be read)."""
+    """(model name, [the CPU flags of PERF_FLAGS it has], or None where no flags or Features line could be read)."""
     model, flags = None, None  # flags None: not read (no /proc/cpuinfo, no flags line)
     try:
         with open(path) as f:
@@ -23,7 +24,7 @@ def cpu_info(path="/proc/cpuinfo"):
         key, _, value = line.partition(":")
         if key.strip() == "model name" and model is None:
             model = value.strip()
-        elif key.strip() == "flags":
+        elif key.strip() in ("flags", "Features"):
             have = set(value.split())
             flags = [f for f in PERF_FLAGS if f in have]
             break
@@ -33,6 +34,6 @@ def cpu_info(path="/proc/cpuinfo"):
 def native_bf16():
     """False where /proc/cpuinfo's flags show no bfloat16 instructions (an AVX2-only AMD EPYC, say): there
     TensorFlow and PyTorch emulate bf16 (timm's autocast ViT-S/16 ran 6x slower than its fp32 on one) and
-    OpenVINO refuses it. True where the flags could not be read (another architecture): not guessed."""
+    OpenVINO refused it there. True where the flags could not be read: timed rather than left out."""
     flags = cpu_info()[1]
     return flags is None or any(f in flags for f in BF16_FLAGS)

@@ -6,7 +6,8 @@
 - drop_path (stochastic depth); augmentation: random resized crop (+ flip for natural
   images), optionally RandAugment, MixUp / CutMix (Keras core layers), in `tf.data`
   pipelines with prefetch.
-- Mixed precision (`mixed_float16` on GPU, `mixed_bfloat16` on CPU/TPU with `auto`); the
+- Mixed precision (with `auto`: `mixed_float16` on GPU, `mixed_bfloat16` on TPU and on CPUs with
+  bfloat16 instructions, float32 on other CPUs); the
   models keep tokens, position embeddings and the head's output in float32 correctly.
 - Distribution: on TensorFlow `tf.distribute`'s MirroredStrategy (several GPUs), TPUStrategy
   (Colab TPU) or MultiWorkerMirroredStrategy (several machines, from TF_CONFIG); on JAX

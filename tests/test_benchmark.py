@@ -126,7 +126,11 @@ def test_cpu_info_reads_the_model_and_the_flags_that_pick_kernels(tmp_path):
                     "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu\n")
     assert cpu.cpu_info(str(info)) == ("Intel(R) Xeon(R) Processor", ["avx2", "avx512f", "avx512_bf16",
                                                                             "amx_bf16", "amx_int8"])
-    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # an ARM CPU: no x86 flags line
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # an Arm CPU names them on a Features line
+    assert cpu.cpu_info(str(info))[1] == ["asimd"]
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")  # Graviton3: bf16 instructions
+    assert cpu.cpu_info(str(info))[1] == ["asimd", "sve", "bf16", "i8mm"]
+    info.write_text("processor\t: 0\nmodel name\t: a CPU\n")  # no flags line
     assert cpu.cpu_info(str(info))[1] is None
     assert cpu.cpu_info(str(tmp_path / "absent"))[1] is None
 
@@ -269,9 +273,43 @@ def test_a_cpu_without_bf16_instructions_times_bf16_once(monkeypatch):
     from keras_vitnt import cpu
 
     for flags, native in ((["avx2"], False), (["avx2", "avx512f", "avx512_bf16"], True), (["amx_bf16"], True),
-                          (None, True)):
+                          (["asimd"], False), (["asimd", "bf16"], True), (None, True)):
         monkeypatch.setattr(cpu, "cpu_info", lambda flags=flags: ("a CPU", flags))
         assert cpu.native_bf16() is native, flags
     model = torch.nn.Linear(8, 4).eval()
     runners, compile_s = benchmark.timm_inference_runners(model, torch.randn(2, 8), compiled=False, bf16=False)
     assert sorted(runners) == ["timm"] and compile_s == {}
+
+    # the inference section on such a CPU, every contender stubbed: bf16 in the first row only, also where
+    # OpenVINO offers bf16 itself (it does on AVX2-VNNI-2 CPUs), and only timed rows in the bf16 table
+    class Model:
+        input_shape = (None, 8, 8, 3)
+
+        def predict_on_batch(self, x):
+            return x
+
+        def get_weights(self):
+            return []
+
+        def set_weights(self, weights):
+            pass
+
+        def eval(self):
+            return self
+
+    def timm_runners(tm, xt, compiled=True, bf16=True):
+        return {k: (lambda: time.sleep(0.001)) for k in (["timm", "timm_bf16"] if bf16 else ["timm"])}, {}
+
+    monkeypatch.setattr(benchmark, "native_bf16", lambda: False)
+    monkeypatch.setattr(benchmark, "keras_model", lambda name, policy=None: Model())
+    monkeypatch.setattr(benchmark, "torch_model", lambda name: Model())
+    monkeypatch.setattr(benchmark, "matmul_flops", lambda model: 1e9)
+    monkeypatch.setattr(benchmark, "timm_inference_runners", timm_runners)
+    monkeypatch.setattr(benchmark, "openvino_runners", lambda km, x, workdir, threads: {
+        "ov": lambda: time.sleep(0.001), "ov_bf16": lambda: time.sleep(0.001)})
+    lines = benchmark.bench_inference(["m1", "m2"], [1, 2], 1, {"float32": 100.0}, compiled=False)
+    bf16_table = lines[lines.index("### bfloat16"):]
+    assert [line.split("|")[1:3] for line in bf16_table if re.match(r"\| m\d ", line)] == [[" m1 ", " 1 "]]
+    fp32_rows = [line for line in lines[:lines.index("### bfloat16")] if re.match(r"\| m\d ", line)]
+    assert len(fp32_rows) == 4 and all("**" in row for row in fp32_rows)
+    assert any(line.startswith("bfloat16 is timed in the first row only") for line in lines)
