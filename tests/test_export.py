@@ -284,7 +284,7 @@ def test_openvino_export_runs_at_each_precision(tmp_path):
     # traced in the forms OpenVINO fuses: every LayerNorm one MVN kernel, GELU inside its matmul kernel
     # (TensorFlow's own forms stay chains of elementwise ops there: 25-40% slower on TNT-S)
     runtime = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["originalLayersNames"].astype(str))
-               for op in f32._requests[(5, 64, 64, 3)].get_compiled_model().get_runtime_model().get_ordered_ops()]
+               for op in f32._requests[(5, 64, 64, 3)][0].get_compiled_model().get_runtime_model().get_ordered_ops()]
     norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras_vitnt.layers.LayerNorm)]
     assert sum(kind == "MVN" for kind, _ in runtime) == len(norms) > 0
     assert not [names for kind, names in runtime if "Erf" in names and kind != "FullyConnected"]
@@ -364,6 +364,50 @@ def test_openvino_fixed_batch_overwrite_and_refusals(monkeypatch, tmp_path):
         OpenVINOModel(dest, precision="bf16")
     report = keras_vitnt.export(small, tmp_path / "no_bf16", format="openvino", sample_data=x)
     assert "bf16" not in report and "f16" not in report
+
+
+def test_openvino_splits_a_batch_across_streams_with_the_same_numbers(tmp_path):
+    """A batch runs as equal parts on OpenVINO's streams at once (`streams`), with the outputs of one
+    request; a batch that does not split evenly, and a single image, run as one request."""
+    from keras_vitnt.openvino_runtime import OpenVINOModel
+
+    small = tiny_vit()
+    dest = tmp_path / "vit_openvino"
+    keras_vitnt.export(small, dest, format="openvino", sample_data=rgb(2, 16))
+    x = rgb(6, 16, seed=4)
+    one = OpenVINOModel(dest, streams=1)
+    ref = one(x)
+    assert len(one._requests[x.shape]) == 1
+    assert relative_error(ref, np.asarray(small.predict_on_batch(x))) <= 1e-5
+    same = lambda a, b: relative_error(a, b) <= 1e-6  # noqa: E731  (kernels may differ with the batch)
+    two = OpenVINOModel(dest, streams=2, threads=2)
+    assert same(two(x), ref)  # 2 x 3 images, in order
+    requests = two._requests[x.shape]
+    assert len(requests) == 2
+    compiled = requests[0].get_compiled_model()
+    assert int(compiled.get_property("NUM_STREAMS")) == 2 and list(compiled.inputs[0].shape) == [3, 16, 16, 3]
+    three = OpenVINOModel(dest, streams=3)
+    assert same(three(x), ref) and len(three._requests[x.shape]) == 3  # 3 x 2
+    assert same(three(x[:4]), one(x[:4]))  # 2 x 2: the most parts, up to 3, that divide 4
+    assert len(three._requests[(4, 16, 16, 3)]) == 2
+    for n in (5, 1):  # 5 does not split into 2 or 3 equal parts
+        assert same(three(x[:n]), one(x[:n]))
+        assert len(three._requests[(n, 16, 16, 3)]) == 1
+    assert same(three.predict(x, batch_size=4), ref)
+    auto = OpenVINOModel(dest)  # OpenVINO's choice for this model and CPU
+    assert same(auto(x), ref)
+    assert auto.streams >= 1 and "streams=" in repr(auto)
+    for wrong in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="streams="):
+            OpenVINOModel(dest, streams=wrong)
+    with pytest.raises(ValueError, match="static_shapes=False"):
+        OpenVINOModel(dest, streams=2, static_shapes=False)
+    # an export for a fixed batch: its graph holds the batch, so batches run whole
+    keras_vitnt.export(small, tmp_path / "fixed", format="openvino", batch_size=4, sample_data=x[:4])
+    fixed = OpenVINOModel(tmp_path / "fixed")
+    assert fixed.streams == 1 and same(fixed(x[:4]), ref[:4])
+    with pytest.raises(ValueError, match="exported for batches of 4 exactly"):
+        OpenVINOModel(tmp_path / "fixed", streams=2)
 
 
 def test_export_cli_openvino(tmp_path):
