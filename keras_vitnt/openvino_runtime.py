@@ -213,10 +213,15 @@ class OpenVINOModel:
         if len(requests) == 1:
             return requests[0].infer({0: x})[0].copy()  # the request reuses its output buffer
         part = len(x) // len(requests)
+        started, outputs, error = [], [], None
         for i, request in enumerate(requests):
-            request.start_async({0: x[i * part : (i + 1) * part]})  # the input is copied into the request
-        outputs, error = [], None
-        for request in requests:  # every part waited for, also after a failed one
+            try:
+                request.start_async({0: x[i * part : (i + 1) * part]})  # the input is copied into the request
+            except Exception as e:
+                error = e
+                break
+            started.append(request)
+        for request in started:  # every started part waited for, also after a failed one
             try:
                 request.wait()
                 outputs.append(request.get_output_tensor(0).data.copy())

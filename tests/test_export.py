@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -394,6 +395,25 @@ def test_openvino_splits_a_batch_across_streams_with_the_same_numbers(tmp_path):
         assert same(three(x[:n]), one(x[:n]))
         assert len(three._requests[(n, 16, 16, 3)]) == 1
     assert same(three.predict(x, batch_size=4), ref)
+    class Part:  # a request whose wait fails: the error comes out, after every started part was waited for
+        def __init__(self, fails):
+            self.fails, self.waited = fails, False
+
+        def start_async(self, inputs):
+            pass
+
+        def wait(self):
+            self.waited = True
+            if self.fails:
+                raise RuntimeError("this part failed")
+
+        def get_output_tensor(self, index):
+            return types.SimpleNamespace(data=np.zeros((3, 10), "float32"))
+
+    parts = two._requests[x.shape] = [Part(True), Part(False)]
+    with pytest.raises(RuntimeError, match="this part failed"):
+        two(x)
+    assert [p.waited for p in parts] == [True, True]
     auto = OpenVINOModel(dest)  # OpenVINO's choice for this model and CPU
     assert same(auto(x), ref)
     assert auto.streams >= 1 and "streams=" in repr(auto)
