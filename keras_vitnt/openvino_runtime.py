@@ -18,6 +18,7 @@ report states under "bf16"; "f16" for CPUs with AVX512-FP16/AMX-FP16 and GPUs.
 """
 
 import json
+import operator
 import os
 
 import numpy as np
@@ -134,13 +135,14 @@ class OpenVINOModel:
 
     `streams`: a batch of several images is split into equal parts run at the same time, each
     on its share of the threads (OpenVINO's streams): more images per second than one request
-    spreading every layer over all threads (batch 16 on 2 cores of an AVX2 EPYC: +2-7% for each
-    of ViT-Ti/S/B, DeiT-S and TNT-S/B, benchmarks/openvino_streams.py), the same numbers (to 1e-6;
-    the kernels may differ with the batch). None: as many as OpenVINO's THROUGHPUT hint picks for
-    this model and CPU (asked once); 1: the whole batch as one request (its LATENCY hint, what a
-    single image always gets). A batch splits into the most parts, up to `streams`, that divide
-    it: 16 images on 2 streams run as 2 x 8, 15 as one request (OpenVINO runs at most one part
-    per thread at once). Static shapes of an export without a fixed batch only.
+    spreading every layer over all threads (measured on 2 cores of an AVX2 EPYC, batch 16: +2-7%
+    for each of ViT-Ti/S/B, DeiT-S and TNT-S/B, benchmarks/openvino_streams.py; not measured on
+    more cores), the same numbers (to 1e-6; the kernels may differ with the batch). None: as many
+    as OpenVINO's THROUGHPUT hint picks for this model and CPU (asked once, with one more compile;
+    on another device, 1); 1: the whole batch as one request (its LATENCY hint, what a single
+    image always gets); never more than `threads`. A batch splits into the most parts, up to
+    `streams`, that divide it: 16 images on 2 streams run as 2 x 8, 15 as one request. Static
+    shapes of an export without a fixed batch only.
     """
 
     def __init__(self, path, precision="f32", threads=None, device="CPU", static_shapes=True, max_shapes=4,
@@ -151,8 +153,14 @@ class OpenVINOModel:
         self.max_shapes = int(max_shapes)
         if self.max_shapes < 1:
             raise ValueError(f"max_shapes={max_shapes!r}: at least 1 compiled shape is kept")
-        if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
-            raise ValueError(f"streams={streams!r}: a whole number >= 1, or None for OpenVINO's choice")
+        if streams is not None:
+            try:
+                count = None if isinstance(streams, bool) else operator.index(streams)  # numpy integers too
+            except TypeError:
+                count = None
+            if count is None or count < 1:
+                raise ValueError(f"streams={streams!r}: a whole number >= 1, or None for OpenVINO's choice")
+            streams = count
         if streams not in (None, 1) and not self.static_shapes:
             raise ValueError(f"streams={streams!r} splits batches of static shapes; with static_shapes=False "
                              "every batch runs as one request (streams=1)")
@@ -166,8 +174,12 @@ class OpenVINOModel:
             raise ValueError(f"streams={streams!r}: {xml} was exported for batches of {self.input_shape[0]} exactly "
                              "(its graph holds that batch), which do not split; export it without batch_size to "
                              "split batches across streams, or pass streams=1")
-        # None: OpenVINO's choice, asked at the first batch of several images
-        self.streams = streams if self.static_shapes and self.input_shape[0] is None else 1
+        # None: OpenVINO's choice on a CPU, asked at the first batch of several images (other devices: 1)
+        if not self.static_shapes or self.input_shape[0] is not None or (streams is None and device != "CPU"):
+            streams = 1
+        if streams is not None and threads:
+            streams = min(streams, int(threads))  # OpenVINO runs at most one stream per thread
+        self.streams = streams
         self._requests = {}  # input shape (or None: every shape) -> [infer request, ...], oldest first
         if not self.static_shapes:
             self._requests[None] = [_compile(self._model, self._config, device).create_infer_request()]
@@ -213,22 +225,20 @@ class OpenVINOModel:
         if len(requests) == 1:
             return requests[0].infer({0: x})[0].copy()  # the request reuses its output buffer
         part = len(x) // len(requests)
-        started, outputs, error = [], [], None
-        for i, request in enumerate(requests):
-            try:
+        started, outputs = [], []
+        try:
+            for i, request in enumerate(requests):
                 request.start_async({0: x[i * part : (i + 1) * part]})  # the input is copied into the request
-            except Exception as e:
-                error = e
-                break
-            started.append(request)
-        for request in started:  # every started part waited for, also after a failed one
-            try:
+                started.append(request)
+            for request in started:
                 request.wait()
                 outputs.append(request.get_output_tensor(0).data.copy())
-            except Exception as e:
-                error = error or e
-        if error is not None:
-            raise error
+        finally:  # after a failed part or an interrupt, none is left running into the next call
+            for request in started:
+                try:
+                    request.wait()
+                except Exception:
+                    pass  # the first error is the one raised
         return np.concatenate(outputs)
 
     def predict(self, images, batch_size=32):

@@ -370,6 +370,7 @@ def test_openvino_fixed_batch_overwrite_and_refusals(monkeypatch, tmp_path):
 def test_openvino_splits_a_batch_across_streams_with_the_same_numbers(tmp_path):
     """A batch runs as equal parts on OpenVINO's streams at once (`streams`), with the outputs of one
     request; a batch that does not split evenly, and a single image, run as one request."""
+    from keras_vitnt import openvino_runtime
     from keras_vitnt.openvino_runtime import OpenVINOModel
 
     small = tiny_vit()
@@ -395,28 +396,38 @@ def test_openvino_splits_a_batch_across_streams_with_the_same_numbers(tmp_path):
         assert same(three(x[:n]), one(x[:n]))
         assert len(three._requests[(n, 16, 16, 3)]) == 1
     assert same(three.predict(x, batch_size=4), ref)
-    class Part:  # a request whose wait fails: the error comes out, after every started part was waited for
-        def __init__(self, fails):
-            self.fails, self.waited = fails, False
+    class Part:  # a request that fails to start or to finish: the error comes out, and no part is left running
+        def __init__(self, fails=None):
+            self.fails, self.started, self.waited = fails, False, False
 
         def start_async(self, inputs):
-            pass
+            if self.fails == "start":
+                raise RuntimeError("this part did not start")
+            self.started = True
 
         def wait(self):
             self.waited = True
-            if self.fails:
+            if self.fails == "wait":
                 raise RuntimeError("this part failed")
 
         def get_output_tensor(self, index):
             return types.SimpleNamespace(data=np.zeros((3, 10), "float32"))
 
-    parts = two._requests[x.shape] = [Part(True), Part(False)]
+    parts = two._requests[x.shape] = [Part("wait"), Part()]
     with pytest.raises(RuntimeError, match="this part failed"):
         two(x)
     assert [p.waited for p in parts] == [True, True]
+    parts = two._requests[x.shape] = [Part(), Part("start")]
+    with pytest.raises(RuntimeError, match="this part did not start"):
+        two(x)
+    assert parts[0].started and parts[0].waited and not parts[1].waited
     auto = OpenVINOModel(dest)  # OpenVINO's choice for this model and CPU
     assert same(auto(x), ref)
     assert auto.streams >= 1 and "streams=" in repr(auto)
+    assert len(auto._requests[x.shape]) == openvino_runtime._split(6, auto.streams)
+    assert OpenVINOModel(dest, streams=np.int64(2)).streams == 2
+    capped = OpenVINOModel(dest, streams=3, threads=1)  # at most one stream per thread
+    assert capped.streams == 1 and same(capped(x), ref) and len(capped._requests[x.shape]) == 1
     for wrong in (0, 1.5, True, "2"):
         with pytest.raises(ValueError, match="streams="):
             OpenVINOModel(dest, streams=wrong)
