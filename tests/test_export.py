@@ -396,6 +396,7 @@ def test_openvino_splits_a_batch_across_streams_with_the_same_numbers(tmp_path):
         assert same(three(x[:n]), one(x[:n]))
         assert len(three._requests[(n, 16, 16, 3)]) == 1
     assert same(three.predict(x, batch_size=4), ref)
+
     class Part:  # a request that fails to start or to finish: the error comes out, and no part is left running
         def __init__(self, fails=None):
             self.fails, self.started, self.waited = fails, False, False
