@@ -55,10 +55,8 @@ def main(argv=None):
             np.testing.assert_allclose(split(x), one(x), rtol=1e-5, atol=1e-5)  # also compiles both
             times = interleaved_times({"one": lambda: one(x), "split": lambda: split(x)}, args.rounds)
             ips = {k: args.batch / float(np.median(v)) for k, v in times.items()}
-            requests = split._requests[x.shape]
-            streams = requests[0].get_compiled_model().get_property("NUM_STREAMS")  # what OpenVINO runs them on
-            lines.append(f"| {name} | {len(requests)} on {streams} | {ips['one']:.1f} | {ips['split']:.1f} | "
-                         f"**{speedup(times, 'split', 'one'):.2f}** |")
+            lines.append(f"| {name} | {split.parts(args.batch)} on {split.streams} | {ips['one']:.1f} | "
+                         f"{ips['split']:.1f} | **{speedup(times, 'split', 'one'):.2f}** |")
             print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "x") as f:

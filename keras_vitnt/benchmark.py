@@ -323,8 +323,8 @@ def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
                 ips = {k: batch / statistics.median(v) for k, v in times.items()}
                 refs = {"fp32": [k for k in ("timm", "timm_compiled") if k in times],
                         "bf16": [k for k in ("timm_bf16", "timm_bf16_compiled") if k in times]}
-                ratio = {k: speedup_best(times, k, refs["bf16" if "bf16" in k else "fp32"])
-                         for k, _ in FP32_PATHS + BF16_PATHS if k in times and refs["bf16" if "bf16" in k else "fp32"]}
+                ref_of = {k: refs["bf16" if "bf16" in k else "fp32"] for k, _ in FP32_PATHS + BF16_PATHS if k in times}
+                ratio = {k: speedup_best(times, k, ref) for k, ref in ref_of.items() if ref}
                 row = dict(model=name, batch=batch, gflop=gflop, ips=ips, compile_s=compile_s, ratio=ratio,
                            peak_pct={k: 100 * ips[k] * gflop / peak["float32"] for k, _ in FP32_PATHS if k in ips})
                 rows.append(row)

@@ -88,9 +88,11 @@ def _config(precision, threads, device):
     return config
 
 
-def _streams_config(config, streams):
-    """`config` for `streams` requests running at once, each on its share of the threads."""
-    return {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": int(streams)}
+def _streams_config(config, streams=None):
+    """`config` for `streams` requests running at once, each on its share of the threads (None: as
+    many as OpenVINO's THROUGHPUT hint picks)."""
+    config = {**config, "PERFORMANCE_HINT": "THROUGHPUT"}
+    return config if streams is None else {**config, "NUM_STREAMS": int(streams)}
 
 
 def _split(batch, streams):
@@ -192,13 +194,19 @@ class OpenVINOModel:
     def _openvino_streams(self):
         """The streams OpenVINO's THROUGHPUT hint runs this model with on this device."""
         if self.streams is None:
-            compiled = _compile(self._model, {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}, self._device)
+            compiled = _compile(self._model, _streams_config(self._config), self._device)
             self.streams = max(1, int(compiled.get_property("NUM_STREAMS")))
         return self.streams
 
+    def parts(self, batch):
+        """How many equal parts a batch of `batch` images runs as, each an infer request on a stream
+        of its own (1: one request with every thread). Asks OpenVINO for its streams when `streams`
+        is None."""
+        return _split(int(batch), self._openvino_streams()) if batch > 1 and self.streams != 1 else 1
+
     def _compiled_requests(self, shape):
         """The requests a batch of `shape` runs on: one, or one per equal part."""
-        parts = _split(shape[0], self._openvino_streams()) if shape[0] > 1 else 1
+        parts = self.parts(shape[0])
         if parts == 1:
             return [_compile(self._model, self._config, self._device, shape).create_infer_request()]
         compiled = _compile(self._model, _streams_config(self._config, parts), self._device,

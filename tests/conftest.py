@@ -4,12 +4,24 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Threads per process: `make test` runs as many pytest-xdist workers as the machine has cores (2). With each
+# worker computing on every core, 4 busy threads shared 2 cores, and the thread pools' spinning (TensorFlow's
+# Eigen pool, PyTorch's OpenMP) took the difference: tests/test_parity.py's reduced- and full-depth tests under
+# `-n 2` took 253 s, 199 s with one thread per worker (2-core AMD EPYC). So each worker, and the processes it
+# starts (CLI runs, the background jobs), computes on cores / workers threads. Set before TensorFlow loads.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    for var, value in (("TF_NUM_INTRAOP_THREADS", THREADS), ("TF_NUM_INTEROP_THREADS", 1),
+                       ("OMP_NUM_THREADS", THREADS)):
+        os.environ.setdefault(var, str(value))
+
 # timm (through torchvision) imports triton, whose native library crashes the process
 # when it is loaded after TensorFlow. Load the oracle first.
 import timm  # noqa: E402,F401
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
 sys.path.insert(0, os.path.dirname(__file__))
 
 import keras  # noqa: E402

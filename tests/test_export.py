@@ -395,6 +395,7 @@ def test_openvino_splits_a_batch_across_streams_with_the_same_numbers(tmp_path):
     for n in (5, 1):  # 5 does not split into 2 or 3 equal parts
         assert same(three(x[:n]), one(x[:n]))
         assert len(three._requests[(n, 16, 16, 3)]) == 1
+    assert [three.parts(n) for n in (1, 4, 5, 6, 9)] == [1, 2, 1, 3, 3] and one.parts(6) == 1 and two.parts(6) == 2
     assert same(three.predict(x, batch_size=4), ref)
 
     class Part:  # a request that fails to start or to finish: the error comes out, and no part is left running
