@@ -4,11 +4,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Threads per process: `make test` runs as many pytest-xdist workers as the machine has cores (2). With each
-# worker computing on every core, 4 busy threads shared 2 cores, and the thread pools' spinning (TensorFlow's
-# Eigen pool, PyTorch's OpenMP) took the difference: tests/test_parity.py's reduced- and full-depth tests under
-# `-n 2` took 253 s, 199 s with one thread per worker (2-core AMD EPYC). So each worker, and the processes it
-# starts (CLI runs, the background jobs), computes on cores / workers threads. Set before TensorFlow loads.
+# Threads per process: `make test` runs as many pytest-xdist workers as the machine has cores (2), and each
+# worker computed on every core: 4 busy threads on 2 cores. With one thread per worker, tests/test_parity.py's
+# reduced- and full-depth tests under `-n 2` took 199 s against 253 s (2-core AMD EPYC, one run each); the
+# whole suite 1212 s, inside the 1148-1445 s of five earlier runs. So each worker, and the processes it starts
+# (CLI runs, the background jobs: TensorFlow's and PyTorch's pools; JAX sizes its own), computes on
+# cores / workers threads. Set before TensorFlow loads.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
 if WORKERS > 1:
