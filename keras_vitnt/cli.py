@@ -87,7 +87,8 @@ def _load_model_arg(model_arg, weights, include_top=True, pooling=None, mean=Non
         if weights or mean or std or pooling:
             raise ValueError("--weights, --mean, --std and --pooling apply to a timm model name, not to a saved "
                              ".keras model (which holds its own)")
-        return keras.models.load_model(saved)
+        # without its optimizer: these commands only infer (and a file compiled on PyTorch would import torch here)
+        return keras.models.load_model(saved, compile=False)
     try:
         shape = None if input_size is None else (*input_size, 3)
         return create_model(model_arg, weights=weights or "imagenet", include_top=include_top and pooling is None,

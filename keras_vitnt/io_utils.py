@@ -48,10 +48,43 @@ def write_json(path, obj):
 
 
 def save_model(model, path):
-    """`model.save(path)` for a `.keras` file, atomically."""
-    with atomic_path(path, suffix=".keras") as tmp:
+    """`model.save(path)` for a `.keras` file, atomically, its optimizer named by its public class."""
+    with atomic_path(path, suffix=".keras") as tmp, _public_optimizer_record(model):
         model.save(tmp)
     return path
+
+
+@contextlib.contextmanager
+def _public_optimizer_record(model):
+    """On the PyTorch backend `keras.optimizers.AdamW(...)` makes Keras's PyTorch subclass, and
+    `model.save` records the optimizer under that module (keras.src.backend.torch.optimizers.torch_adamw):
+    loading the file on TensorFlow or JAX then imports torch, and in a process that loaded TensorFlow
+    first, triton's native library (imported by torch) crashes it. Within this block the model's
+    compile config names the public class (keras.optimizers.AdamW), which each backend loads as its own
+    class, the optimizer's state included."""
+    optimizer = getattr(model, "optimizer", None)
+    module = type(optimizer).__module__
+    if not module.startswith("keras.src.backend."):
+        yield
+        return
+    import keras
+
+    if not isinstance(getattr(keras.optimizers, type(optimizer).__name__, None), type):
+        yield
+        return
+
+    def get_compile_config():
+        config = type(model).get_compile_config(model)
+        record = (config or {}).get("optimizer")
+        if isinstance(record, dict) and record.get("module") == module:
+            config = {**config, "optimizer": {**record, "module": "keras.optimizers"}}
+        return config
+
+    object.__setattr__(model, "get_compile_config", get_compile_config)  # this instance only, past Keras's tracking
+    try:
+        yield
+    finally:
+        object.__delattr__(model, "get_compile_config")
 
 
 def remove(path):

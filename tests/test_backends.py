@@ -98,6 +98,28 @@ def test_keras_files_move_between_backends(backend_runs):
             assert relative_error(model.predict_on_batch(x), np.load(work / f"{backend}_saved_{kind}.npy")) < 1e-5
 
 
+def test_a_recipe_run_on_pytorch_loads_in_a_fresh_tensorflow_process_with_its_optimizer(backend_runs):
+    """Keras records an optimizer made on PyTorch under its PyTorch class's module, whose import on
+    TensorFlow loads torch, and triton (through torch) crashes a process that loaded TensorFlow first:
+    the recipe's files name the public class instead, and load there with the optimizer's state."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    _, work = backend_runs
+    path = work / "torch_runs" / "vit" / "model.keras"
+    with zipfile.ZipFile(path) as f:
+        assert json.loads(f.read("config.json"))["compile_config"]["optimizer"]["module"] == "keras.optimizers"
+    code = ("import sys, keras, keras_vitnt; m = keras.models.load_model(sys.argv[1]); "
+            "print(type(m.optimizer).__module__, int(m.optimizer.iterations))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    module, steps = proc.stdout.split()[-2:]
+    assert module == "keras.src.optimizers.adamw" and int(steps) > 0
+
+
 @pytest.mark.parametrize("backend, fmt", [("jax", "litert"), ("torch", "onnx")])
 def test_export_from_every_backend(backend_runs, backend, fmt):
     """The exporter rebuilds the model on TensorFlow in a subprocess and checks the file against this
