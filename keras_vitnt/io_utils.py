@@ -60,24 +60,29 @@ def _public_optimizer_record(model):
     `model.save` records the optimizer under that module (keras.src.backend.torch.optimizers.torch_adamw):
     loading the file on TensorFlow or JAX then imports torch, and in a process that loaded TensorFlow
     first, triton's native library (imported by torch) crashes it. Within this block the model's
-    compile config names the public class (keras.optimizers.AdamW), which each backend loads as its own
-    class, the optimizer's state included."""
-    optimizer = getattr(model, "optimizer", None)
-    module = type(optimizer).__module__
-    if not module.startswith("keras.src.backend."):
+    compile config names the public class (keras.optimizers.AdamW), also inside a LossScaleOptimizer's
+    record, which each backend loads as its own class, the optimizer's state included."""
+    if getattr(model, "optimizer", None) is None:
         yield
         return
     import keras
 
-    if not isinstance(getattr(keras.optimizers, type(optimizer).__name__, None), type):
-        yield
-        return
+    def public(record):
+        if isinstance(record, list):
+            return [public(item) for item in record]
+        if not isinstance(record, dict):
+            return record
+        out = {key: public(value) for key, value in record.items()}
+        module, name = record.get("module"), record.get("class_name")
+        if (isinstance(module, str) and module.startswith("keras.src.backend.") and ".optimizers" in module
+                and isinstance(name, str) and isinstance(getattr(keras.optimizers, name, None), type)):
+            out["module"] = "keras.optimizers"
+        return out
 
     def get_compile_config():
         config = type(model).get_compile_config(model)
-        record = (config or {}).get("optimizer")
-        if isinstance(record, dict) and record.get("module") == module:
-            config = {**config, "optimizer": {**record, "module": "keras.optimizers"}}
+        if isinstance(config, dict) and "optimizer" in config:
+            config = {**config, "optimizer": public(config["optimizer"])}
         return config
 
     object.__setattr__(model, "get_compile_config", get_compile_config)  # this instance only, past Keras's tracking

@@ -15,8 +15,10 @@ must not import TensorFlow (models, weights, maps, features, fit on arrays), the
 
 import json
 import os
+import re
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -134,6 +136,18 @@ def main(work):
     # Keras's .keras saving imports TensorFlow where it is installed (serialization_lib checks for
     # tf.TensorShape): keras_vitnt's own paths above must not
     out["tensorflow_imported"] = "tensorflow" in sys.modules
+
+    # the modules a saved optimizer record names (keras_vitnt's save_model: public ones on every backend),
+    # also inside a LossScaleOptimizer's record (the recipe's float16 on a GPU)
+    from keras_vitnt.io_utils import save_model
+
+    small.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.AdamW(1e-3)),
+                  loss="sparse_categorical_crossentropy")
+    small.fit(xs, ys, epochs=1, batch_size=8, verbose=0)
+    save_model(small, os.path.join(work, f"{backend}_loss_scaled.keras"))
+    with zipfile.ZipFile(os.path.join(work, f"{backend}_loss_scaled.keras")) as f:
+        record = json.dumps(json.loads(f.read("config.json"))["compile_config"]["optimizer"])
+    out["optimizer_modules"] = sorted(set(re.findall(r'"module": "([^"]*optimizers[^"]*)"', record)))
 
     # 4. .keras files: the previous backend's load here with the same outputs; ours for the next
     out["loaded"] = {}

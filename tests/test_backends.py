@@ -107,7 +107,9 @@ def test_a_recipe_run_on_pytorch_loads_in_a_fresh_tensorflow_process_with_its_op
     import sys
     import zipfile
 
-    _, work = backend_runs
+    reports, work = backend_runs
+    for backend in BACKENDS:  # save_model, a LossScaleOptimizer around AdamW: both records public
+        assert reports[backend]["optimizer_modules"] == ["keras.optimizers"], (backend, reports[backend])
     path = work / "torch_runs" / "vit" / "model.keras"
     with zipfile.ZipFile(path) as f:
         assert json.loads(f.read("config.json"))["compile_config"]["optimizer"]["module"] == "keras.optimizers"
