@@ -202,7 +202,7 @@ class OpenVINOModel:
         """How many equal parts a batch of `batch` images runs as, each an infer request on a stream
         of its own (1: one request with every thread). Asks OpenVINO for its streams when `streams`
         is None."""
-        return _split(int(batch), self._openvino_streams()) if batch > 1 and self.streams != 1 else 1
+        return _split(int(batch), self._openvino_streams()) if batch > 1 else 1
 
     def _compiled_requests(self, shape):
         """The requests a batch of `shape` runs on: one, or one per equal part."""
