@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 
-from keras_vitnt.cpu import BF16_FLAGS, PERF_FLAGS, cpu_info, native_bf16
+from keras_vitnt.cpu import BF16_FLAGS, PERF_FLAGS, cpu_info, native_bf16, release_free_memory
 from keras_vitnt.peers import child_code, torch_model, torch_train_step
 from keras_vitnt.precision import dtype_policy, policy_copy
 
@@ -386,7 +386,15 @@ def _keras_train_step(name, batch, jit_compile):
     size = model.input_shape[1]
     x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")
     y = np.random.default_rng(1).integers(0, 1000, batch)
-    return lambda: model.train_on_batch(x, y)
+    first = [True]
+
+    def step():
+        model.train_on_batch(x, y)
+        if first[0]:  # as the recipe does (train.memory_release): the heap XLA's compiler freed goes back
+            first[0] = False
+            release_free_memory()
+
+    return step
 
 
 def bench_training(models, batch, rounds, compiled=True):

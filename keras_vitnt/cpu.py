@@ -1,10 +1,13 @@
-"""What this machine's CPU computes natively, read from /proc/cpuinfo (no framework imported).
+"""What this machine's CPU computes natively, read from /proc/cpuinfo (no framework imported), and
+`release_free_memory`, which hands the C heap's free pages back to the system.
 
 The flags decide which bf16/int8 kernels oneDNN, PyTorch and OpenVINO use (AMX, AVX-512 or AVX2):
 the benchmark prints them with every table, and `--mixed-precision auto` trains in float32 rather
 than bfloat16 on a CPU that would only emulate bfloat16.
 """
 
+import ctypes
+import ctypes.util
 import platform
 
 # what the kernels pick: x86 flags, then Arm's (its /proc/cpuinfo names them on a "Features" line)
@@ -37,3 +40,19 @@ def native_bf16():
     OpenVINO refused it there. True where the flags could not be read: timed rather than left out."""
     flags = cpu_info()[1]
     return flags is None or any(f in flags for f in BF16_FLAGS)
+
+
+def release_free_memory():
+    """Returns the free pages of the C heap to the system (glibc's `malloc_trim(0)`); True where done,
+    False where the C library has none (macOS, Windows, musl). glibc keeps what a process frees for its
+    next allocations, and XLA's compiler frees hundreds of MB after compiling a training step: the
+    recipe calls this after its first step and at the end of every epoch. Measured on the XLA AdamW
+    step (batch 16, AMD EPYC): the peak of the later steps 2712 -> 2521 MB (ViT-S/16), 4450 -> 4166
+    MB (TNT-S); the call takes milliseconds."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

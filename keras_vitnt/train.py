@@ -518,6 +518,30 @@ def best_checkpoint(path, best=None):
     return BestCheckpoint()
 
 
+def memory_release():
+    """A callback returning the C heap's free pages to the system (`keras_vitnt.cpu.release_free_memory`)
+    after the first training step, which compiles (XLA's compiler frees hundreds of MB then, which glibc
+    would otherwise keep for the rest of the run), and after every epoch (validation compiled and ran)."""
+    import keras
+
+    from keras_vitnt.cpu import release_free_memory
+
+    class MemoryRelease(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.first = True
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.first:
+                self.first = False
+                release_free_memory()
+
+        def on_epoch_end(self, epoch, logs=None):
+            release_free_memory()
+
+    return MemoryRelease()
+
+
 def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
     """Run the recipe; returns a TrainResult.
 
@@ -757,8 +781,8 @@ def _jit_compile(cfg, strategy):
 
 
 def _callbacks(cfg, extra_callbacks):
-    """Backup, best checkpoint (from the best val_accuracy already logged), CSV log, the caller's
-    callbacks, and TensorBoard where it is installed."""
+    """Backup, best checkpoint (from the best val_accuracy already logged), CSV log, the freed heap
+    returned to the system, the caller's callbacks, and TensorBoard where it is installed."""
     import keras
 
     earlier = read_log(os.path.join(cfg.out, "log.csv")).get("val_accuracy")
@@ -767,6 +791,7 @@ def _callbacks(cfg, extra_callbacks):
         keras.callbacks.BackupAndRestore(os.path.join(cfg.out, "backup"), delete_checkpoint=False),
         best_checkpoint(os.path.join(cfg.out, "best.keras"), best=max(earlier) if earlier else None),
         keras.callbacks.CSVLogger(os.path.join(cfg.out, "log.csv"), append=True),
+        memory_release(),
         *extra_callbacks,
     ]
     if _has_tensorboard():
