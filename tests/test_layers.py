@@ -376,3 +376,60 @@ def test_gelu_dense_keeps_no_gelu_output_for_the_backward_pass():
     assert len(forward) == 1, dots
     gelu_out = forward[0][3]
     assert not [d for d in dots if d is not forward[0] and gelu_out in d[3:]], (gelu_out, dots)
+
+
+def _live_at_once(hlo, shape):
+    """The most values of `shape` (e.g. "2,3,11,11") alive at one time in a scheduled optimized HLO
+    module's entry computation: each alive from the instruction that makes it to its last use."""
+    import re
+
+    assert "is_scheduled=true" in hlo  # the entry computation's instructions are in the order they run
+    entry = hlo[hlo.index("\nENTRY"):]
+    lines = [line for line in entry[: entry.index("\n}")].splitlines()[1:] if " = " in line]
+    made, last_use = {}, {}
+    for i, line in enumerate(lines):
+        name, rest = line.split(" = ", 1)
+        made[name.replace("ROOT", "").strip().lstrip("%")] = (i, rest.split(" ")[0])
+        for used in re.findall(r"%([\w.\-]+)", rest):
+            last_use[used] = i
+    spans = [(i, last_use.get(name, i)) for name, (i, s) in made.items() if f"[{shape}]" in s]
+    return max(sum(a <= i <= b for a, b in spans) for i in range(len(lines)))
+
+
+def test_training_attention_keeps_no_softmax_weights_for_the_backward_pass(monkeypatch):
+    """In training on TensorFlow, attention keeps the row log-sum-exp and computes the softmax
+    weights again in the backward pass (`attend_recomputed`). In the XLA-compiled gradient of six
+    layers, at most a few (heads, B, T, T) tensors are alive at once (one layer's backward work),
+    where autodiff keeps every layer's weights until the backward pass reaches it; so does the
+    recomputation when nothing ties it to the backward pass (XLA then moves it into the forward
+    pass). Its gradients are autodiff's (test_training_forms_give_autodiffs_gradients)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's attention; the other backends take ops.dot_product_attention")
+    import tensorflow as tf
+
+    from keras_vitnt.layers import attention
+
+    x = tf.constant(np.random.default_rng(0).standard_normal((3, 11, 16)).astype("float32"))
+
+    def live_weights():
+        stack = [L.Attention(dim=16, num_heads=2) for _ in range(6)]
+        for layer in stack:
+            layer(x)
+
+        @tf.function(jit_compile=True)
+        def step(x):
+            with tf.GradientTape() as tape:
+                y = x
+                for layer in stack:
+                    y = layer(y, training=True)
+                loss = tf.reduce_sum(y**2)
+            return tape.gradient(loss, [w for layer in stack for w in layer.trainable_variables])
+
+        return _live_at_once(step.experimental_get_compiler_ir(x)(stage="optimized_hlo"), "2,3,11,11")
+
+    assert live_weights() <= 3
+    monkeypatch.setattr(attention, "recompute_after", lambda upstream, *tensors: (upstream, *tensors))
+    assert live_weights() >= 6  # not tied to the backward pass
+    monkeypatch.setattr(attention, "attend_recomputed", lambda q, k, v, scale: attention.attend(
+        q, k, v, scale, False, keras.layers.Dropout(0.0), False)[0])
+    assert live_weights() >= 6  # autodiff's gradient
