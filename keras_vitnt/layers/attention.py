@@ -19,9 +19,9 @@ ViT-S/16 at batch 16; the README's Performance section has the numbers):
 - Training on TensorFlow keeps no (T, T) softmax weights for the backward pass: it keeps the
   row log-sum-exp (T values) and computes the weights again from q and k there
   (`attend_recomputed`), as PyTorch's flash attention does for timm. The XLA training step of
-  ViT-S/16 at batch 16 needed 177 MB less (1158 -> 989 MB of XLA buffers: the twelve
-  (6, 16, 197, 197) weight tensors), TNT-S 297 MB less (2169 -> 1871 MB, its inner attention
-  too); the step ran 0.98x as fast for ViT-S/16 and 1.05x for TNT-S (AVX2 AMD EPYC).
+  ViT-S/16 at batch 16 needs 169 MiB less (1158 -> 989 MiB of XLA buffers: the twelve
+  (6, 16, 197, 197) weight tensors), TNT-S 297 MiB less (2169 -> 1871 MiB, its inner attention
+  too), at 0.98x and 1.04x the speed on an AVX2 AMD EPYC (benchmarks/attention_memory.py).
 """
 
 import math
