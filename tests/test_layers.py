@@ -300,17 +300,18 @@ def test_mlp_takes_its_training_forms_in_training_only(monkeypatch):
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("kind", ["vit", "tnt"])
+@pytest.mark.parametrize("kind", ["vit", "tnt", "parallel"])
 def test_training_forms_give_autodiffs_gradients(kind, policy):
-    """The training forms (written-out GELU gradient, GELU + fc2 recomputing GELU) against the
-    inference forms' autodiff gradients, for the inputs and every weight of a block; under
+    """The training forms (written-out GELU gradient, GELU + fc2 recomputing GELU, attention
+    recomputing its softmax weights) against the inference forms' autodiff gradients, for the
+    inputs and every weight of a ViT, TNT and parallel block; under
     mixed_bfloat16 both are compared with the float32 autodiff gradients and must be as close."""
     if keras.backend.backend() != "tensorflow":
         pytest.skip("checked with TensorFlow's GradientTape here; JAX's in the backends job")
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    if kind == "vit":
+    if kind != "tnt":
         inputs = [rng.standard_normal((3, 7, 64)).astype("float32")]
     else:
         inputs = [rng.standard_normal((15, 16, 16)).astype("float32"),
@@ -320,17 +321,19 @@ def test_training_forms_give_autodiffs_gradients(kind, policy):
         keras.utils.set_random_seed(1)
         if kind == "vit":
             block = L.TransformerBlock(dim=64, num_heads=4, dtype=dtype)
+        elif kind == "parallel":  # timm's ParallelScalingBlock: the same attention, beside a fused MLP
+            block = L.ParallelScalingBlock(dim=64, num_heads=4, dtype=dtype)
         else:
             block = L.TNTBlock(inner_dim=16, embed_dim=64, num_words=16, num_heads_inner=2, num_heads_outer=4,
                                dtype=dtype)
-        block(inputs[0] if kind == "vit" else list(inputs))
+        block(inputs[0] if kind != "tnt" else list(inputs))
         return block
 
     def grads(block, training):
         xs = [tf.constant(a) for a in inputs]
         with tf.GradientTape() as tape:
             tape.watch(xs)
-            out = block(xs[0] if kind == "vit" else xs, training=training)
+            out = block(xs[0] if kind != "tnt" else xs, training=training)
             loss = sum(tf.reduce_sum(tf.cast(o, "float32") ** 2) for o in tf.nest.flatten(out))
         return [np.asarray(tf.cast(g, "float32")) for g in tape.gradient(loss, xs + block.trainable_variables)]
 
