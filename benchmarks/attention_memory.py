@@ -22,13 +22,14 @@ MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
 
 
 def use_autodiff_attention():
-    """Training attention as autodiff takes it (the softmax weights kept for the backward pass)."""
-    from keras import ops
+    """Training attention as autodiff takes it (the softmax weights kept for the backward pass):
+    `attend`'s inference form, also in training."""
+    import keras
 
     from keras_vitnt.layers import attention
 
     def attend_autodiff(q, k, v, scale):
-        return ops.matmul(ops.softmax(ops.matmul(q * ops.cast(scale, q.dtype), ops.swapaxes(k, -1, -2)), axis=-1), v)
+        return attention.attend(q, k, v, scale, False, keras.layers.Dropout(0.0), False)[0]
 
     attention.attend_recomputed = attend_autodiff
 
