@@ -578,8 +578,10 @@ def train(cfg, extra_callbacks=(), verbose=1, overwrite=False):
         log.info("training %s on %s: %d classes, %d steps/epoch, epochs %d..%d, %s", model.name, cfg.data,
                  len(data.class_names), data.steps, initial_epoch, cfg.epochs, policy or "float32")
         with _distributed_fit(model, data, strategy):
+            # shuffle=False: the tf.data pipeline shuffles itself (`pipelines`); with fit's default, Keras
+            # warned on every run that it ignores `shuffle=True` for a tf.data.Dataset
             model.fit(data.train, validation_data=data.val, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                      callbacks=callbacks, verbose=verbose)
+                      callbacks=callbacks, verbose=verbose, shuffle=False)
             result = _finish(cfg, state, model, data, image_size)
     return result
 
