@@ -40,9 +40,9 @@ test-all: $(VENV)/.stamp-test
 demo: $(VENV)/.stamp-base
 	$(VENV)/bin/keras-vitnt demo --overwrite
 
-# the README's performance, quantisation and backend tables (about 100 minutes on 2 cores, estimated: the inference
-# section alone, 6 models at batch 16 and 1 with timm's torch.compile + freezing at 17-99 s per model, batch and precision,
-# took 34 min with the int8 section); needs timm, jax and openvino, hence the test extra
+# the README's performance, quantisation and backend tables: about 2 hours on 2 cores (every section but backends took
+# 90 min on an AMD EPYC with AVX512_BF16 and 99 min on an AVX2-only one, backends 15-18 min; each section runs in a
+# process of its own); needs timm, jax and openvino, hence the test extra
 benchmark: $(VENV)/.stamp-test
 	$(VENV)/bin/keras-vitnt benchmark --rounds 5 --overwrite
 

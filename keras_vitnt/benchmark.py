@@ -6,7 +6,8 @@
 
 Every comparison alternates the contenders round by round and reports medians, because
 these machines are shared and drift by 2x from hour to hour: only ratios taken in the
-same run are stable. Sections:
+same run are stable. A run of several sections runs each in a fresh process of its own (what
+a section leaves in memory would otherwise pile up: 18 GB after seven of them). Sections:
 
 - inference: keras_vitnt's two CPU paths, `model.predict_on_batch` (TensorFlow, the plain user
   path) in fp32 and under Keras's `mixed_bfloat16` policy, and the OpenVINO export run by
@@ -59,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 from keras_vitnt.cpu import BF16_FLAGS, PERF_FLAGS, cpu_info, native_bf16, release_free_memory
 from keras_vitnt.peers import child_code, torch_model, torch_train_step
@@ -639,7 +641,9 @@ def _quant_rows(label, model, x_score, x_calib, y, threads, rounds, tmp):
                                           lambda: m16.predict_on_batch(one), None)
     for mode in KERAS_QUANTS:
         mq = keras.models.load_model(keras_path)
-        mq.quantize(mode)
+        with warnings.catch_warnings():  # Keras warns once per layer type that has no quantize (InputLayer, Dropout, ...)
+            warnings.filterwarnings("ignore", message="Layer .* does not have a `quantize` method implemented")
+            mq.quantize(mode)
         path = os.path.join(tmp, f"{mode}.keras")
         mq.save(path)
         contenders[f"Keras quantize(\"{mode}\")"] = (
@@ -696,7 +700,6 @@ def _torch_dynamic_int8(tm):
     """timm's model with its Linear layers quantized by `torch.ao.quantization.quantize_dynamic`
     (int8 weights, activations quantized per call): PyTorch's CPU int8 path."""
     import copy
-    import warnings
 
     import torch
 
@@ -919,6 +922,9 @@ def parse_args(argv):
                    "models (e.g. imagenet when cached); default random")
     p.add_argument("--out", default="benchmarks/results.md", help="markdown file the tables go to")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    # internal: one section in a process of its own (see main), its lines written as JSON to this file
+    p.add_argument("--section-lines-to", help=argparse.SUPPRESS)
+    p.add_argument("--matmul-peak", type=json.loads, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -940,6 +946,8 @@ def main(argv=None):
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.section_lines_to:
+        return _section_child(args)
     if os.path.exists(args.out):
         if not args.overwrite:
             raise SystemExit(f"keras-vitnt benchmark: {args.out} exists; pass --overwrite to replace it or --out FILE")
@@ -969,7 +977,81 @@ def main(argv=None):
     peak = matmul_peak(args.threads)
     out += [peak_line(peak), ""]
     print(out[-2], flush=True)
-    plan = [  # (section, heading lines, run) in the order they are reported
+    from keras_vitnt.io_utils import write_text
+
+    failed = []
+    for section, heading, _ in _plan(args, peak):
+        if section in args.sections:
+            print(section, flush=True)
+            if len(args.sections) == 1:  # this process is fresh: run it here
+                lines, error = _run_section(args, peak, section)
+            else:
+                lines, error = _section_in_child(argv, section, peak)
+            if error:
+                failed.append(section)
+                lines = lines + [f"**This section failed**: {error}"]
+            out += heading + [""] + lines + [""]
+            write_text(partial, "\n".join(out) + f"\n**Unfinished run**: after {(time.time() - t0) / 60:.1f} min; "
+                       f"the sections after '{section}' did not finish.\n")
+            print(f"  {section} done; the finished sections are in {partial} until the run ends", flush=True)
+    out += [f"Total time {(time.time() - t0) / 60:.1f} min."]
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    write_text(args.out, text)
+    if os.path.exists(partial):
+        os.remove(partial)
+    print(f"written to {args.out}")
+    if failed:
+        print(f"keras-vitnt benchmark: section(s) failed: {', '.join(failed)} (the error is in {args.out})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_section(args, peak, section):
+    """(lines, None), or ([], "ExceptionType: message") where the section raised (traceback printed)."""
+    run = next(run for name, _, run in _plan(args, peak) if name == section)
+    try:
+        return run(), None
+    except Exception as e:  # the other sections' results are kept; the failure is in the file and the exit code
+        import traceback
+
+        traceback.print_exc()
+        return [], f"{type(e).__name__}: {e}"
+
+
+def _section_in_child(argv, section, peak):
+    """Runs one section in a fresh process (this run's arguments; the `--sections` appended last wins), so
+    that what a section leaves in memory is gone before the next: in one process, a full run held 18 GB after
+    the quant section (what the sections' models, compiled graphs and framework caches leave; not traced
+    further) on a 24 GB machine (AMD EPYC, 2026-12-07), and the OOM killer ended it when the backends section
+    started its own processes. (Sections timed alone and after others in one process gave the same ratios within this
+    machine's spread, AVX2 EPYC, 2026-12-07.) Each process imports the frameworks again: 15-20 s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "lines.json")
+        env = {**os.environ, "_KERAS_VITNT_REEXEC": "1"}
+        proc = subprocess.run([sys.executable, "-c", _REEXEC, *argv, "--sections", section,
+                               "--section-lines-to", result, "--matmul-peak", json.dumps(peak)], env=env)
+        if not os.path.exists(result):
+            why = " (killed: out of memory?)" if proc.returncode == -9 else ""
+            return [], f"its process ended with exit code {proc.returncode}{why} before writing its tables"
+        with open(result) as f:
+            got = json.load(f)
+    return got["lines"], got["error"]
+
+
+def _section_child(args):
+    """The process of one section (`_section_in_child`): its lines and error as JSON."""
+    set_threads(args.threads)
+    [section] = args.sections
+    lines, error = _run_section(args, args.matmul_peak, section)
+    with open(args.section_lines_to, "w") as f:
+        json.dump({"lines": lines, "error": error}, f)
+    return 0
+
+
+def _plan(args, peak):
+    return [  # (section, heading lines, run) in the order they are reported
         ("inference", [f"## Inference ({args.rounds} interleaved rounds, random weights)", "",
                        "img/s from the median time; a ratio is the median over rounds of the two times taken "
                        "back to back.", "",
@@ -1015,36 +1097,6 @@ def main(argv=None):
                       "`train_on_batch`, AdamW, as the recipe runs it (XLA on TensorFlow and JAX, eager on PyTorch)."],
          lambda: bench_backends(args.backend_models, args.train_batch, args.rounds, args.threads)),
     ]
-    from keras_vitnt.io_utils import write_text
-
-    failed = []
-    for section, heading, run in plan:
-        if section in args.sections:
-            print(section, flush=True)
-            try:
-                lines = run()
-            except Exception as e:  # the other sections' results are kept; the failure is in the file and the exit code
-                import traceback
-
-                traceback.print_exc()
-                failed.append(section)
-                lines = [f"**This section failed**: {type(e).__name__}: {e}"]
-            out += heading + [""] + lines + [""]
-            write_text(partial, "\n".join(out) + f"\n**Unfinished run**: after {(time.time() - t0) / 60:.1f} min; "
-                       f"the sections after '{section}' did not finish.\n")
-            print(f"  {section} done; the finished sections are in {partial} until the run ends", flush=True)
-    out += [f"Total time {(time.time() - t0) / 60:.1f} min."]
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    write_text(args.out, text)
-    if os.path.exists(partial):
-        os.remove(partial)
-    print(f"written to {args.out}")
-    if failed:
-        print(f"keras-vitnt benchmark: section(s) failed: {', '.join(failed)} (the error is in {args.out})",
-              file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

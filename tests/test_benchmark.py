@@ -34,11 +34,16 @@ def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     # through the console entry point, which loads TensorFlow first: the benchmark must
     # restart itself with timm imported first instead of crashing
     out = tmp_path / "bench.md"
+    # two sections: each runs in a process of its own, which hands its tables back to the run
     cmd = [os.path.join(os.path.dirname(sys.executable), "keras-vitnt"), "benchmark", "--sections", "inference",
-           "--models", "vit_tiny_patch16_224", "--batches", "1", "--rounds", "1", "--no-compile", "--out", str(out)]
+           "int8", "--models", "vit_tiny_patch16_224", "--batches", "1", "--rounds", "1", "--no-compile",
+           "--int8-models", "vit_tiny_patch16_224", "--litert-rounds", "1", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
+    int8_rows = [line for line in text[text.index("## int8 on CPU"):].splitlines() if line.startswith("| vit_tiny")]
+    assert [row.split("|")[2].strip() for row in int8_rows] == [
+        "timm fp32 eager", "timm quantize_dynamic int8", "keras_vitnt fp32", "keras_vitnt LiteRT dynamic_int8"], int8_rows
     assert "Measured matmul peak" in text and "| vit_tiny_patch16_224 | 1 | 2.5 |" in text
     assert re.search(r"Machine: .*\((flags: [a-z0-9_ ]+|none of avx2 .*|CPU flags unknown)\)", text), text[:500]
     fp32_peaks = re.search(r"fp32 tf (\d+) / torch (\d+), bf16", text)
@@ -228,6 +233,7 @@ def test_a_failing_section_keeps_the_others_results(monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise RuntimeError("no such kernel")
 
+    in_this_process(monkeypatch)
     monkeypatch.setattr(benchmark, "bench_training", lambda *args, **kwargs: ["| the training table |"])
     monkeypatch.setattr(benchmark, "bench_int8", broken)
     out = tmp_path / "bench.md"
@@ -238,6 +244,29 @@ def test_a_failing_section_keeps_the_others_results(monkeypatch, tmp_path):
     assert not os.path.exists(f"{out}.partial")  # the run ended: only the result stays
 
 
+def in_this_process(monkeypatch):
+    """Runs every section of a multi-section run in the test's process (as a run of one section does), so that
+    the sections stubbed by monkeypatch are the ones that run."""
+    monkeypatch.setattr(benchmark, "_section_in_child", lambda argv, section, peak: benchmark._run_section(
+        benchmark.parse_args([*argv, "--sections", section]), peak, section))
+
+
+def test_a_section_whose_process_dies_is_named_with_its_exit_code(monkeypatch, tmp_path):
+    """A section's process killed from outside (the OOM killer, say) leaves no tables: the run says so and
+    which exit code (the run goes on with the next section, as after a section that raised)."""
+    monkeypatch.setattr(benchmark, "_REEXEC", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    lines, error = benchmark._section_in_child(["--out", str(tmp_path / "b.md")], "quant", {"float32": 1.0})
+    assert lines == [] and error == "its process ended with exit code -9 (killed: out of memory?) before writing its tables"
+    # a section's process writes its lines and error, which the run reads back
+    monkeypatch.setattr(benchmark, "_REEXEC", (
+        "import sys, json; a = sys.argv[1:]; last = max(i for i, v in enumerate(a) if v == '--sections'); "
+        "assert a[last + 1:last + 3] == ['quant', '--section-lines-to'], a; "
+        "json.dump({'lines': ['| a row |'], 'error': None}, open(a[a.index('--section-lines-to') + 1], 'w'))"))
+    assert benchmark._section_in_child(["--sections", "inference", "quant"], "quant", {}) == (["| a row |"], None)
+    # the `--sections` appended to the run's own is the one the section's process reads
+    assert benchmark.parse_args(["--sections", "inference", "quant", "--sections", "quant"]).sections == ["quant"]
+
+
 def test_an_interrupted_run_keeps_its_finished_sections_and_the_next_run_keeps_them_too(monkeypatch, tmp_path):
     """Ctrl-C (or a killed job) in the third hour of a run leaves the sections that finished, marked as an
     unfinished run, beside the untouched earlier result; a new run neither overwrites that file unasked
@@ -245,6 +274,7 @@ def test_an_interrupted_run_keeps_its_finished_sections_and_the_next_run_keeps_t
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    in_this_process(monkeypatch)
     monkeypatch.setattr(benchmark, "matmul_peak", lambda threads: {"tf_float32": 100.0, "tf_bfloat16": 200.0,
                                                                    "float32": 100.0, "bfloat16": 200.0})
     monkeypatch.setattr(benchmark, "bench_training", lambda *args, **kwargs: ["| the training table |"])
