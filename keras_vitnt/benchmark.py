@@ -641,7 +641,7 @@ def _quant_rows(label, model, x_score, x_calib, y, threads, rounds, tmp):
                                           lambda: m16.predict_on_batch(one), None)
     for mode in KERAS_QUANTS:
         mq = keras.models.load_model(keras_path)
-        with warnings.catch_warnings():  # Keras warns once per layer type that has no quantize (InputLayer, Dropout, ...)
+        with warnings.catch_warnings():  # Keras warns for each layer type without quantize (InputLayer, Dropout, ...)
             warnings.filterwarnings("ignore", message="Layer .* does not have a `quantize` method implemented")
             mq.quantize(mode)
         path = os.path.join(tmp, f"{mode}.keras")
@@ -1025,8 +1025,8 @@ def _section_in_child(argv, section, peak):
     that what a section leaves in memory is gone before the next: in one process, a full run held 18 GB after
     the quant section (what the sections' models, compiled graphs and framework caches leave; not traced
     further) on a 24 GB machine (AMD EPYC, 2026-12-07), and the OOM killer ended it when the backends section
-    started its own processes. (Sections timed alone and after others in one process gave the same ratios within this
-    machine's spread, AVX2 EPYC, 2026-12-07.) Each process imports the frameworks again: 15-20 s."""
+    started its own processes. (Sections timed alone and after others in one process gave the same ratios
+    within this machine's spread, AVX2 EPYC, 2026-12-07.) Each process imports the frameworks again: 15-20 s."""
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "lines.json")
         env = {**os.environ, "_KERAS_VITNT_REEXEC": "1"}

@@ -42,8 +42,8 @@ def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     int8_rows = [line for line in text[text.index("## int8 on CPU"):].splitlines() if line.startswith("| vit_tiny")]
-    assert [row.split("|")[2].strip() for row in int8_rows] == [
-        "timm fp32 eager", "timm quantize_dynamic int8", "keras_vitnt fp32", "keras_vitnt LiteRT dynamic_int8"], int8_rows
+    assert [row.split("|")[2].strip() for row in int8_rows] == ["timm fp32 eager", "timm quantize_dynamic int8",
+                                                                 "keras_vitnt fp32", "keras_vitnt LiteRT dynamic_int8"]
     assert "Measured matmul peak" in text and "| vit_tiny_patch16_224 | 1 | 2.5 |" in text
     assert re.search(r"Machine: .*\((flags: [a-z0-9_ ]+|none of avx2 .*|CPU flags unknown)\)", text), text[:500]
     fp32_peaks = re.search(r"fp32 tf (\d+) / torch (\d+), bf16", text)
@@ -256,7 +256,8 @@ def test_a_section_whose_process_dies_is_named_with_its_exit_code(monkeypatch, t
     which exit code (the run goes on with the next section, as after a section that raised)."""
     monkeypatch.setattr(benchmark, "_REEXEC", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
     lines, error = benchmark._section_in_child(["--out", str(tmp_path / "b.md")], "quant", {"float32": 1.0})
-    assert lines == [] and error == "its process ended with exit code -9 (killed: out of memory?) before writing its tables"
+    assert lines == []
+    assert error == "its process ended with exit code -9 (killed: out of memory?) before writing its tables"
     # a section's process writes its lines and error, which the run reads back
     monkeypatch.setattr(benchmark, "_REEXEC", (
         "import sys, json; a = sys.argv[1:]; last = max(i for i, v in enumerate(a) if v == '--sections'); "
