@@ -1026,7 +1026,7 @@ def _section_in_child(argv, section, peak):
     the quant section (what the sections' models, compiled graphs and framework caches leave; not traced
     further) on a 24 GB machine (AMD EPYC, 2026-12-07), and the OOM killer ended it when the backends section
     started its own processes. (Sections timed alone and after others in one process gave the same ratios
-    within this machine's spread, AVX2 EPYC, 2026-12-07.) Each process imports the frameworks again: 15-20 s."""
+    within this machine's spread, AVX2 EPYC, 2026-12-07.) Each process imports the frameworks again: 10-17 s."""
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "lines.json")
         env = {**os.environ, "_KERAS_VITNT_REEXEC": "1"}
