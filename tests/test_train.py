@@ -62,32 +62,32 @@ def test_fine_tune_from_checkpoint_file_with_a_fresh_head(tmp_path, caplog):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_release_free_memory_returns_a_freed_heap_to_the_system():
-    # In a fresh process of its own (cpu.py alone, loaded by path: no framework, one thread): in the
+    # In a fresh process of its own (cpu.py and peers.py loaded by path: no framework, one thread): in the
     # test worker's, after hundreds of tests and TensorFlow's thread pools, CI measured 95 MB given back
     # of the 196 (other threads allocate between the two readings).
     # 64 KB blocks (glibc's heap, not mmap: 196 MB in all), each followed by an 8 KB one that stays: the
     # freed blocks are holes between live memory, which free() does not give back by itself.
-    from keras_vitnt import cpu
+    from keras_vitnt import cpu, peers
 
     script = textwrap.dedent(f"""
         import importlib.util, numpy as np
-        spec = importlib.util.spec_from_file_location("cpu", {cpu.__file__!r})
-        cpu = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(cpu)
 
-        def rss_mb():
-            with open("/proc/self/status") as f:
-                return int(next(l for l in f if l.startswith("VmRSS:")).split()[1]) / 1024
+        def load(name, path):
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
 
+        cpu, peers = load("cpu", {cpu.__file__!r}), load("peers", {peers.__file__!r})
         blocks, pins = [], []
         for _ in range(3000):
             blocks.append(np.ones(8192))
             pins.append(np.ones(1024))
         del blocks
-        before = rss_mb()
+        before = peers.status_mb("VmRSS")
         done = cpu.release_free_memory()
         assert sum(float(p.sum()) for p in pins) == 3000 * 1024
-        print(done, before - rss_mb())
+        print(done, before - peers.status_mb("VmRSS"))
         """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
