@@ -77,22 +77,43 @@ def fast_quantize(monkeypatch):
     monkeypatch.setattr(gc, "collect", lambda *args: 0)
 
 
+DIGITS_EPOCHS = {"vit": 15, "tnt": 20}  # the demo's are 40 / 45
+
+
 @pytest.fixture(scope="session")
-def digits_runs(tmp_path_factory):
-    """A small ViT and a small TNT trained from scratch on the bundled digits with the
-    demo's recipe (fewer epochs): real trained models for the accuracy floors, int8
-    export and visualisation tests. {kind: (TrainResult, (x_test, y_test))}."""
+def demo_run(tmp_path_factory):
+    """The demo itself (`keras_vitnt.demo.run`, its settings and XLA) with fewer epochs: a small ViT and a
+    small TNT trained from scratch on the bundled digits, exported to LiteRT, the figures drawn. Its trained
+    models serve the accuracy floors, the int8 and the visualisation tests (one training for all: the demo's
+    own test trained both models again, 1 epoch each, 138 s of a 30-min suite).
+    -> (out folder, demo.run's results, {kind: TrainResult})."""
+    from keras_vitnt import demo
+
+    out = tmp_path_factory.mktemp("demo_run") / "demo"
+    trained = {}
+
+    def train_and_keep(cfg, **kw):
+        result = demo_train(cfg, **kw)
+        trained[os.path.basename(cfg.out)] = result
+        return result
+
+    demo_train = demo.train
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "DEMO_EPOCHS", DIGITS_EPOCHS)
+        mp.setattr(demo, "train", train_and_keep)
+        results = demo.run(out=str(out), verbose=0)
+    assert set(trained) == {"vit", "tnt"}
+    return out, results, trained
+
+
+@pytest.fixture(scope="session")
+def digits_runs(demo_run):
+    """The demo run's trained models: {kind: (TrainResult, (x_test, y_test))}."""
     from keras_vitnt import demo
     from keras_vitnt.data.digits import load_digits
-    from keras_vitnt.train import train
 
-    out = tmp_path_factory.mktemp("digits_runs")
-    runs = {}
-    for kind, epochs in (("vit", 15), ("tnt", 20)):
-        result = train(demo.demo_config(kind, str(out), epochs), verbose=0)
-        (_, _), test = load_digits(size=demo.IMAGE_SIZE)
-        runs[kind] = (result, test)
-    return runs
+    (_, _), test = load_digits(size=demo.IMAGE_SIZE)
+    return {kind: (result, test) for kind, result in demo_run[2].items()}
 
 
 # --- jobs in processes of their own (tests/background_jobs.py) ------------------------------------
@@ -117,7 +138,7 @@ def pytest_collection_modifyitems(session, config, items):
         job = item.get_closest_marker("background")
         if job is not None:
             item.add_marker(pytest.mark.xdist_group(f"job_{job.args[0]}"))
-        elif "digits_runs" in item.fixturenames:
+        elif "demo_run" in item.fixturenames:  # digits_runs too: it uses demo_run
             item.add_marker(pytest.mark.xdist_group("digits_runs"))
     waiting = [item for item in items if item.get_closest_marker("background")]
     items[:] = [item for item in items if not item.get_closest_marker("background")] + waiting

@@ -17,8 +17,22 @@ def run_cli(*args, timeout=300):
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_list_prints_every_model_with_params_and_top1():
-    out = run_cli("list")
+def main_here(capsys, *args):
+    """`keras-vitnt ARGS` as `cli.main(ARGS)` in this process -> a CompletedProcess (exit code, stdout,
+    stderr). For the commands that need no fresh process: each console-script run imports TensorFlow
+    again (10-14 s here); the entry point itself is run by the tests that use run_cli."""
+    from keras_vitnt import cli
+
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["keras-vitnt", *args], code, out.out, out.err)
+
+
+def test_list_prints_every_model_with_params_and_top1(capsys):
+    out = main_here(capsys, "list")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2 + len(keras_vitnt.list_models())
@@ -28,27 +42,27 @@ def test_list_prints_every_model_with_params_and_top1():
     assert "630.76M" in huge  # headless default weights: counted as timm does
 
 
-def test_list_tags_filter():
-    out = run_cli("list", "vit_base_patch16_224", "--tags")
+def test_list_tags_filter(capsys):
+    out = main_here(capsys, "list", "vit_base_patch16_224", "--tags")
     assert out.returncode == 0, out.stderr
     assert "augreg_in21k " in out.stdout and "21843" in out.stdout and "mae" in out.stdout
 
 
 @pytest.mark.parametrize("args,message", [(["nope"], "invalid choice: 'nope'"),
                                           (["list", "--bogus"], "unrecognized arguments: --bogus")])
-def test_bad_usage_exits_non_zero(args, message):
-    out = run_cli(*args)
+def test_bad_usage_exits_non_zero(args, message, capsys):
+    out = main_here(capsys, *args)
     assert out.returncode == 2 and message in out.stderr and "usage: keras-vitnt" in out.stderr
 
 
-def test_verbose_before_or_after_the_subcommand_shows_the_traceback_of_a_user_error(tmp_path):
+def test_verbose_before_or_after_the_subcommand_shows_the_traceback_of_a_user_error(tmp_path, capsys):
     missing = str(tmp_path / "nope.keras")
-    quiet = run_cli("export", missing, "--format", "litert")
+    quiet = main_here(capsys, "export", missing, "--format", "litert")
     assert quiet.returncode == 1
     assert f"keras-vitnt export: error: File not found: filepath={missing}" in quiet.stderr
     assert "Traceback" not in quiet.stderr and "(run with -v for the full traceback)" in quiet.stderr
     for args in (["export", missing, "--format", "litert", "-v"], ["-v", "export", missing, "--format", "litert"]):
-        loud = run_cli(*args)
+        loud = main_here(capsys, *args)
         assert loud.returncode == 1, (args, loud.stderr[-2000:])
         # the frames down to where the error was raised, then the same one-line message
         assert "Traceback (most recent call last)" in loud.stderr and "in cmd_export" in loud.stderr, args

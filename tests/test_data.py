@@ -62,13 +62,13 @@ def test_load_image_errors(tmp_path):
         load_image(str(bad))
 
 
-def test_predict_command_on_real_photos_with_a_local_checkpoint(photos, tmp_path):
+def test_predict_command_on_real_photos_with_a_local_checkpoint(photos, tmp_path, capsys):
     import keras_vitnt
-    from test_cli import run_cli
+    from test_cli import main_here
     from timm_oracle import perturbed_timm_model, save_checkpoint
 
     path = save_checkpoint(perturbed_timm_model("deit_tiny_patch16_224"), tmp_path / "deit.safetensors")
-    out = run_cli("predict", "deit_tiny_patch16_224", *photos, "--weights", str(path), "--top", "3")
+    out = main_here(capsys, "predict", "deit_tiny_patch16_224", *photos, "--weights", str(path), "--top", "3")
     assert out.returncode == 0, out.stderr[-2000:]
     # the printed classes are those of the same model in Python, on the same crops
     model = keras_vitnt.create_model("deit_tiny_patch16_224", weights=str(path))

@@ -189,14 +189,14 @@ def test_bad_export_arguments(kwargs, match, tmp_path):
         keras_vitnt.export(small, tmp_path / "m.tflite", **kwargs)
 
 
-def test_export_cli_with_a_checkpoint_file(tmp_path):
-    from test_cli import run_cli
+def test_export_cli_with_a_checkpoint_file(tmp_path, capsys):
+    from test_cli import main_here
     from timm_oracle import perturbed_timm_model, save_checkpoint
 
     ckpt = save_checkpoint(perturbed_timm_model("deit_tiny_patch16_224"), tmp_path / "deit.safetensors")
     out_path = tmp_path / "out" / "deit_fp16.tflite"
-    out = run_cli("export", "deit_tiny_patch16_224", "--weights", str(ckpt), "--quantize", "float16",
-                  "--out", str(out_path))
+    out = main_here(capsys, "export", "deit_tiny_patch16_224", "--weights", str(ckpt), "--quantize", "float16",
+                    "--out", str(out_path))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "max relative error" in out.stdout and "top-1 agreement" in out.stdout
     assert json.loads(out_path.with_name(out_path.name + ".json").read_text())["report"]["quantization"] == "float16"
@@ -204,15 +204,15 @@ def test_export_cli_with_a_checkpoint_file(tmp_path):
     model = keras_vitnt.create_model("deit_tiny_patch16_224", weights=str(ckpt))  # probabilities, as the file
     x = rgb(2, 224, seed=5)
     assert relative_error(run_litert(str(out_path), x), np.asarray(model.predict_on_batch(x))) <= 5e-3
-    again = run_cli("export", "deit_tiny_patch16_224", "--weights", str(ckpt), "--out", str(out_path))
+    again = main_here(capsys, "export", "deit_tiny_patch16_224", "--weights", str(ckpt), "--out", str(out_path))
     assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_export_cli_int8_reads_the_calibration_folder(tmp_path):
+def test_export_cli_int8_reads_the_calibration_folder(tmp_path, capsys):
     from PIL import Image
 
     from keras_vitnt.data import load_images
-    from test_cli import run_cli
+    from test_cli import main_here
 
     model = tiny_vit()
     model.save(tmp_path / "m.keras")
@@ -222,7 +222,7 @@ def test_export_cli_int8_reads_the_calibration_folder(tmp_path):
     empty = tmp_path / "empty"
     (empty / "class_a").mkdir(parents=True)
     (empty / "class_a" / "notes.txt").write_text("no images here")
-    res = run_cli(*cmd, str(empty))
+    res = main_here(capsys, *cmd, str(empty))
     assert res.returncode == 1 and f"--calibration {empty}: no images found" in res.stderr
     assert "Traceback" not in res.stderr and not out_path.exists()
 
@@ -234,11 +234,11 @@ def test_export_cli_int8_reads_the_calibration_folder(tmp_path):
         pixels = rng.integers(0, 256, (24, 20, 3), dtype="uint8")
         Image.fromarray(pixels).save(calib / f"class_{i % 3}" / f"img{i}.{'JPG' if i % 2 else 'jpg'}", quality=95)
     (calib / "class_0" / "broken.jpg").write_text("not a jpeg")
-    res = run_cli(*cmd, str(calib))
+    res = main_here(capsys, *cmd, str(calib))
     assert res.returncode == 1 and "broken.jpg" in res.stderr and not out_path.exists()
 
     (calib / "class_0" / "broken.jpg").unlink()
-    res = run_cli(*cmd, str(calib))
+    res = main_here(capsys, *cmd, str(calib))
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"int8 calibration on 9 images from {calib}" in res.stdout and "(litert, int8," in res.stdout
     assert json.loads((tmp_path / "m_int8.tflite.json").read_text())["report"]["quantization"] == "int8"
@@ -443,12 +443,12 @@ def test_openvino_splits_a_batch_across_streams_with_the_same_numbers(tmp_path):
         OpenVINOModel(tmp_path / "fixed", streams=2)
 
 
-def test_export_cli_openvino(tmp_path):
-    from test_cli import run_cli
+def test_export_cli_openvino(tmp_path, capsys):
+    from test_cli import main_here
 
     model = tiny_vit()
     model.save(tmp_path / "m.keras")
-    out = run_cli("export", str(tmp_path / "m.keras"), "--format", "openvino")
+    out = main_here(capsys, "export", str(tmp_path / "m.keras"), "--format", "openvino")
     assert out.returncode == 0, out.stderr[-2000:]
     dest = tmp_path / "m_openvino"  # inside the model's folder, beside it
     assert f"metadata: {dest / 'keras_vitnt.json'}" in out.stdout and "max relative error" in out.stdout

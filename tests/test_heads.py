@@ -97,43 +97,45 @@ def test_mean_std_errors():
         keras_vitnt.ViT("Ti/16", weights=None, include_preprocessing=False, mean=(0, 0, 0), std=(1, 1, 1))
 
 
-def test_predict_never_prints_labels_from_an_untrained_head():
-    from test_cli import run_cli
+def test_predict_never_prints_labels_from_an_untrained_head(capsys):
+    from test_cli import main_here
 
-    res = run_cli("predict", "x.jpg", "--model", "vit_tiny_patch16_224", "--weights", "none")
+    res = main_here(capsys, "predict", "x.jpg", "--model", "vit_tiny_patch16_224", "--weights", "none")
     assert res.returncode == 1 and "random" in res.stderr and "n0" not in res.stdout
-    res = run_cli("predict", "x.jpg", "--model", "vit_small_patch8_224.dino")
+    res = main_here(capsys, "predict", "x.jpg", "--model", "vit_small_patch8_224.dino")
     assert res.returncode == 1 and "without a classifier head" in res.stderr and "n0" not in res.stdout
 
 
-def test_visualize_takes_a_feature_checkpoint(tmp_path):
+def test_visualize_takes_a_feature_checkpoint(tmp_path, capsys):
     """Attention maps need no head: a headless file works with the CLI (no random head built)."""
     from PIL import Image
 
-    from test_cli import run_cli
+    from test_cli import main_here
 
     tm = perturbed_timm_model("vit_tiny_patch16_224", num_classes=0)
     path = save_checkpoint(tm, tmp_path / "features.safetensors")
     Image.fromarray(np.full((64, 64, 3), 128, "uint8")).save(tmp_path / "grey.png")
-    res = run_cli("visualize", str(tmp_path / "grey.png"), "--model", "vit_tiny_patch16_224", "--weights", str(path),
-                  "--out", str(tmp_path / "rollout.png"))
+    res = main_here(capsys, "visualize", str(tmp_path / "grey.png"), "--model", "vit_tiny_patch16_224",
+                    "--weights", str(path),
+                    "--out", str(tmp_path / "rollout.png"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert Image.open(tmp_path / "rollout.png").size[0] > 100
 
 
-def test_cli_export_of_a_feature_checkpoint_takes_pooling_and_mean_std(tmp_path):
+def test_cli_export_of_a_feature_checkpoint_takes_pooling_and_mean_std(tmp_path, capsys):
     import json
 
-    from test_cli import run_cli
+    from test_cli import main_here
 
     tm = perturbed_timm_model("vit_tiny_patch16_224", num_classes=0)
     path = save_checkpoint(tm, tmp_path / "features.safetensors")
-    res = run_cli("export", "vit_tiny_patch16_224", "--weights", str(path), "--out", str(tmp_path / "f.tflite"))
+    res = main_here(capsys, "export", "vit_tiny_patch16_224", "--weights", str(path),
+                    "--out", str(tmp_path / "f.tflite"))
     assert res.returncode == 1 and "--pooling token" in res.stderr and not (tmp_path / "f.tflite").exists()
-    res = run_cli("export", "vit_tiny_patch16_224", "--weights", str(path), "--pooling", "token", "--mean",
-                  "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--out", str(tmp_path / "f.tflite"))
+    res = main_here(capsys, "export", "vit_tiny_patch16_224", "--weights", str(path), "--pooling", "token", "--mean",
+                    "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--out", str(tmp_path / "f.tflite"))
     assert res.returncode == 0, res.stderr[-2000:]
     meta = json.loads((tmp_path / "f.tflite.json").read_text())
     assert meta["output"] == "features" and meta["output_shape"] == [192]
     np.testing.assert_allclose(meta["mean"], IMAGENET[0]) and np.testing.assert_allclose(meta["std"], IMAGENET[1])
-    assert run_cli("export", "vit_tiny_patch16_224", "--mean", "0.5,0.5").returncode == 2  # three values
+    assert main_here(capsys, "export", "vit_tiny_patch16_224", "--mean", "0.5,0.5").returncode == 2  # three values

@@ -344,18 +344,6 @@ def test_the_wheel_holds_the_package_data(tmp_path):
     assert "keras_vitnt/optimizers.py" in names and "keras_vitnt/io_utils.py" in names
 
 
-def test_train_cli(tmp_path):
-    from test_cli import run_cli
-
-    out = run_cli("train", "vit:Ti/4", "--weights", "none", "--data", "digits", "--image-size", "16",
-                  "--epochs", "1", "--batch-size", "64", "--lr", "2e-3", "--augment", "none", "--no-flip",
-                  "--overrides", '{"embed_dim": 48, "depth": 1, "num_heads": 3}', "--out", str(tmp_path / "run"))
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "validation accuracy" in out.stdout and (tmp_path / "run" / "model.keras").is_file()
-    # the recipe's data shuffles itself: Keras's warning that it ignores fit's shuffle=True would only confuse
-    assert "`shuffle=True` was passed" not in out.stderr, out.stderr[-2000:]
-
-
 def test_image_folder_data_source(tmp_path):
     from PIL import Image
 
@@ -434,19 +422,23 @@ def test_a_folder_that_is_not_a_run_is_never_touched(tmp_path):
     assert (out / "model.keras").read_text() == "the user's own file"
 
 
-def test_every_recipe_option_saves_a_model_that_loads_in_a_new_process_and_exports(tmp_path):
+def test_every_recipe_option_saves_a_model_that_loads_in_a_new_process_and_exports(tmp_path, capsys):
     """Layer decay, mixed precision, RandAugment, MixUp and CutMix in one run (the CLI as users
     run it), then plain `keras.models.load_model` after `import keras_vitnt` in a fresh
-    process, `keras-vitnt export <run>` (into the run) and `keras-vitnt predict <run>` (its class names)."""
-    from test_cli import run_cli
+    process, `keras-vitnt export <run>` (into the run) and `keras-vitnt predict <run>` (its class names).
+    The training runs the console script in a process of its own; export and predict run `cli.main` here."""
+    from test_cli import main_here, run_cli
 
     out = tmp_path / "run"
-    res = run_cli("train", "--model", "vit:Ti/4", "--weights", "none", "--data", "digits",
+    res = run_cli("train", "vit:Ti/4", "--weights", "none", "--data", "digits", "--lr", "2e-3",
                   "--image-size", "16", "--epochs", "1", "--batch-size", "64", "--layer-decay", "0.75",
                   "--mixed-precision", "mixed_bfloat16", "--augment", "randaugment", "--mixup", "0.8", "--cutmix",
                   "1.0", "--no-flip", "--overrides", '{"depth": 2, "embed_dim": 48, "num_heads": 3}', "--out", str(out),
                   timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "validation accuracy" in res.stdout and (out / "model.keras").is_file()
+    # the recipe's data shuffles itself: Keras's warning that it ignores fit's shuffle=True would only confuse
+    assert "`shuffle=True` was passed" not in res.stderr, res.stderr[-2000:]
     code = f"""
 import numpy as np, keras, keras_vitnt
 x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
@@ -458,7 +450,8 @@ for name in ("model.keras", "best.keras"):
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("LayerDecayAdamW 0.75 [1. 1.]") == 2, proc.stdout
-    exp = run_cli("export", str(out), "--format", "litert")  # a run folder: its model.keras, exported inside it
+    # a run folder: its model.keras, exported inside it
+    exp = main_here(capsys, "export", str(out), "--format", "litert")
     assert exp.returncode == 0, exp.stderr[-3000:]
     assert (out / "model.tflite").is_file() and (out / "model.tflite.json").is_file() and "parity" in exp.stdout
     from PIL import Image
@@ -467,7 +460,7 @@ for name in ("model.keras", "best.keras"):
 
     (_, _), (x_test, y_test) = load_digits(size=16)
     Image.fromarray(np.asarray(x_test[0]).astype("uint8")).save(tmp_path / "digit.png")
-    pred = run_cli("predict", str(out), str(tmp_path / "digit.png"), "--top", "10")
+    pred = main_here(capsys, "predict", str(out), str(tmp_path / "digit.png"), "--top", "10")
     assert pred.returncode == 0, pred.stderr[-3000:]
     ranked = [line.split()[1] for line in pred.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert sorted(ranked) == [str(i) for i in range(10)], pred.stdout  # the run's class names, all ten ranked
@@ -476,26 +469,29 @@ for name in ("model.keras", "best.keras"):
 # --- the demo ---------------------------------------------------------------------------
 
 
-def test_demo_runs_end_to_end_and_overwrite_replaces_only_its_own_run(tmp_path, monkeypatch):
-    """`make demo` with 1 epoch per model: every file of the report; a re-run needs --overwrite,
-    which keeps a user's file in the folder and never touches a folder that is not a demo run.
-    Without XLA: its compile was a third of this test (70 against 47 s); the digits runs above train
-    the demo's settings with it."""
+def test_demo_runs_end_to_end_and_overwrite_replaces_only_its_own_run(demo_run, tmp_path):
+    """`make demo` with fewer epochs (the suite's demo run, whose models the other digits tests use):
+    every file of the report; a re-run needs --overwrite, which keeps a user's file in the folder and
+    never touches a folder that is not a demo run."""
     import json
+    import shutil
 
-    settings = demo.demo_config
-    monkeypatch.setattr(demo, "demo_config", lambda *args, **kw: settings(*args, **{"jit_compile": False, **kw}))
+    from conftest import DIGITS_EPOCHS
 
-    out = tmp_path / "demo"
-    results = demo.run(out=str(out), epochs=1, verbose=0)
+    run, results, _ = demo_run
     assert set(results) == {"vit", "tnt"}
+    summary = json.loads((run / "summary.json").read_text())
     for name in ("report.md", "summary.json", "tsne.png", "tnt_inner.png", "vit.tflite", "tnt.tflite",
-                 "vit/model.keras", "tnt/model.keras", demo.MARKER):
-        assert (out / name).is_file(), name
+                 "vit/model.keras", "tnt/model.keras", "vit/curves.png", demo.MARKER, *summary["figures"]["rollout"]):
+        assert (run / name).is_file(), name
     for kind in ("vit", "tnt"):
         assert results[kind]["litert"]["max_relative_error"] < 1e-4
-        assert results[kind]["epochs"] == 1
-    assert json.loads((out / "summary.json").read_text())["models"]["vit"]["epochs"] == 1
+        assert results[kind]["epochs"] == summary["models"][kind]["epochs"] == DIGITS_EPOCHS[kind]
+        assert f"| {results[kind]['test_accuracy']:.4f} |" in (run / "report.md").read_text()
+    assert len(summary["figures"]["rollout"]) == 6
+
+    out = tmp_path / "demo"  # a copy: the other tests read the run
+    shutil.copytree(run, out)
     with pytest.raises(FileExistsError, match="--overwrite"):
         demo.run(out=str(out), epochs=1, verbose=0)
     (out / "my_notes.txt").write_text("mine")
@@ -510,10 +506,10 @@ def test_demo_runs_end_to_end_and_overwrite_replaces_only_its_own_run(tmp_path, 
     assert [p.name for p in other.iterdir()] == ["a.jpg"]
 
 
-def test_demo_cli_refuses_a_foreign_folder(tmp_path):
-    from test_cli import run_cli
+def test_demo_cli_refuses_a_foreign_folder(tmp_path, capsys):
+    from test_cli import main_here
 
     (tmp_path / "keep.txt").write_text("mine")
-    res = run_cli("demo", "--overwrite", "--out", str(tmp_path), "--epochs", "1")
+    res = main_here(capsys, "demo", "--overwrite", "--out", str(tmp_path), "--epochs", "1")
     assert res.returncode == 1 and "left untouched" in res.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

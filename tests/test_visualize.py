@@ -226,15 +226,15 @@ def write_image(path, size, seed=0):
     return str(path)
 
 
-def test_visualize_cli_writes_an_overlay(tmp_path):
-    from test_cli import run_cli
+def test_visualize_cli_writes_an_overlay(tmp_path, capsys):
+    from test_cli import main_here
     from timm_oracle import perturbed_timm_model, save_checkpoint
 
     ckpt = save_checkpoint(perturbed_timm_model("deit_tiny_distilled_patch16_224"), tmp_path / "d.safetensors")
     img = write_image(tmp_path / "img.png", (H, W))
     for kind, size in (("rollout", OVERLAY_PNG), ("attention", (726, 242))):
-        out = run_cli("visualize", img, "--model", "deit_tiny_distilled_patch16_224",
-                      "--weights", str(ckpt), "--kind", kind, "--out", str(tmp_path / f"{kind}.png"))
+        out = main_here(capsys, "visualize", img, "--model", "deit_tiny_distilled_patch16_224",
+                        "--weights", str(ckpt), "--kind", kind, "--out", str(tmp_path / f"{kind}.png"))
         assert out.returncode == 0, out.stderr[-2000:]
         with Image.open(tmp_path / f"{kind}.png") as im:
             assert im.format == "PNG" and im.size == size
@@ -260,14 +260,15 @@ def tiny_vit():
                            num_heads=3)
 
 
-def test_visualize_cli_tnt_inner_map(tmp_path):
-    from test_cli import run_cli
+def test_visualize_cli_tnt_inner_map(tmp_path, capsys):
+    from test_cli import main_here
 
     model = tiny_tnt()
     model.save(tmp_path / "tnt.keras")
     img = write_image(tmp_path / "img.png", (40, 40))
-    out = run_cli("visualize", img, "--model", str(tmp_path / "tnt.keras"), "--kind", "tnt-inner", "--block", "0",
-                  "--out", str(tmp_path / "inner.png"))
+    out = main_here(capsys, "visualize", img, "--model", str(tmp_path / "tnt.keras"), "--kind", "tnt-inner",
+                    "--block", "0",
+                    "--out", str(tmp_path / "inner.png"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "wrote" in out.stdout
     with Image.open(tmp_path / "inner.png") as im:
@@ -284,8 +285,8 @@ def test_visualize_cli_tnt_inner_map(tmp_path):
     assert np.abs(png - png_pixels(tmp_path / "flat.png")).mean() > 1.0
 
 
-def test_visualize_cli_features_and_an_existing_out_file(tmp_path):
-    from test_cli import run_cli
+def test_visualize_cli_features_and_an_existing_out_file(tmp_path, capsys):
+    from test_cli import main_here
 
     model = tiny_vit()
     model.save(tmp_path / "vit.keras")
@@ -293,13 +294,13 @@ def test_visualize_cli_features_and_an_existing_out_file(tmp_path):
     users = tmp_path / "attention.png"
     users.write_bytes(b"the user's own picture")
     args = ["visualize", img, "--model", str(tmp_path / "vit.keras"), "--kind", "features", "--out", str(users)]
-    refused = run_cli(*args)
+    refused = main_here(capsys, *args)
     assert refused.returncode == 1 and "already exists" in refused.stderr and "--overwrite" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert users.read_bytes() == b"the user's own picture"
     assert sorted(os.listdir(tmp_path)) == ["attention.png", "img.png", "vit.keras"]
 
-    out = run_cli(*args, "--overwrite")
+    out = main_here(capsys, *args, "--overwrite")
     assert out.returncode == 0, out.stderr[-2000:]
     png = png_pixels(users)
     assert png.shape == (OVERLAY_PNG[1], OVERLAY_PNG[0], 3)
@@ -328,8 +329,8 @@ def test_pca_rgb_puts_the_main_directions_of_the_features_in_red_green_blue():
     assert abs(green[:3].mean() - green[3:].mean()) > 0.9
 
 
-def test_pca_maps_of_one_dynamic_model_at_two_sizes_and_the_cli(tmp_path):
-    from test_cli import run_cli
+def test_pca_maps_of_one_dynamic_model_at_two_sizes_and_the_cli(tmp_path, capsys):
+    from test_cli import main_here
 
     model = keras_vitnt.ViT("Ti/4", weights=None, input_shape=(None, None, 3), include_top=False, depth=2,
                             embed_dim=48, num_heads=3)
@@ -342,6 +343,7 @@ def test_pca_maps_of_one_dynamic_model_at_two_sizes_and_the_cli(tmp_path):
         vz.pca_maps(fixed, image, [(32, 32)])
     model.save(tmp_path / "dyn.keras")
     img = write_image(tmp_path / "img.png", (40, 36))
-    out = run_cli("visualize", str(tmp_path / "dyn.keras"), img, "--kind", "pca", "--out", str(tmp_path / "pca.png"))
+    out = main_here(capsys, "visualize", str(tmp_path / "dyn.keras"), img, "--kind", "pca",
+                    "--out", str(tmp_path / "pca.png"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert png_pixels(tmp_path / "pca.png").shape[2] == 3
