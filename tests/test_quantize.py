@@ -5,8 +5,6 @@ images that fit the model and never overlap the scored ones."""
 
 import json
 import os
-import subprocess
-import sys
 import warnings
 
 import keras
@@ -130,15 +128,13 @@ def test_int8_report_lists_every_quantized_op_and_the_cli_draws_it(tmp_path, cap
     from ai_edge_litert.interpreter import Interpreter
 
     from keras_vitnt.quantization import ROLE_NAMES, summary_lines
+    from test_cli import main_here
 
     model = keras_vitnt.create_model("vit_small_patch16_224", weights=None, depth=1, input_shape=(64, 64, 3),
                                      classifier_activation=None)
     model.save(tmp_path / "m.keras")
     out = tmp_path / "m_int8.tflite"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    exe = os.path.join(os.path.dirname(sys.executable), "keras-vitnt")
-    proc = subprocess.run([exe, "export", str(tmp_path / "m.keras"), "--quantize", "int8", "--report", "--out",
-                           str(out)], capture_output=True, text=True, timeout=600, env=env)
+    proc = main_here(capsys, "export", str(tmp_path / "m.keras"), "--quantize", "int8", "--report", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     report = json.loads((tmp_path / "m_int8.tflite.json").read_text())["report"]["int8_layers"]
     # every op of the full int8 file that computes in int8 (not the QUANTIZE/DEQUANTIZE at its edges) is listed
