@@ -83,9 +83,9 @@ DIGITS_EPOCHS = {"vit": 15, "tnt": 20}  # the demo's are 40 / 45
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The demo itself (`keras_vitnt.demo.run`, its settings and XLA) with fewer epochs: a small ViT and a
-    small TNT trained from scratch on the bundled digits, exported to LiteRT, the figures drawn. Its trained
-    models serve the accuracy floors, the int8 and the visualisation tests (one training for all: the demo's
-    own test trained both models again, 1 epoch each, 138 s of a 30-min suite).
+    small TNT trained from scratch on the bundled digits, exported to LiteRT, the figures drawn. The demo's
+    test reads its files; its trained models serve the accuracy floors and the int8 tests (one training for
+    all: the demo's test used to train both models again, 1 epoch each, 138 s of a 30-min suite).
     -> (out folder, demo.run's results, {kind: TrainResult})."""
     from keras_vitnt import demo
 
