@@ -1,4 +1,5 @@
-"""The keras-vitnt command line, run as users run it (the installed entry point)."""
+"""The keras-vitnt command line: `cli.main` in the test process where no fresh process is needed, the installed
+entry point (run_cli) where it is."""
 
 import os
 import shutil
