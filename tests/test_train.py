@@ -506,6 +506,24 @@ def test_demo_runs_end_to_end_and_overwrite_replaces_only_its_own_run(demo_run, 
     assert [p.name for p in other.iterdir()] == ["a.jpg"]
 
 
+def test_demo_epochs_argument_reaches_the_training(tmp_path, monkeypatch):
+    """`keras-vitnt demo --epochs N` trains with N epochs (the suite's demo run sets the per-model
+    defaults instead, so it does not pass through this argument). Stopped before any training."""
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def record(cfg, **kw):
+        seen.append((os.path.basename(cfg.out), cfg.epochs))
+        raise Stop
+
+    monkeypatch.setattr(demo, "train", record)
+    with pytest.raises(Stop):
+        demo.run(out=str(tmp_path / "demo"), epochs=3, verbose=0)
+    assert seen == [("vit", 3)]
+
+
 def test_demo_cli_refuses_a_foreign_folder(tmp_path, capsys):
     from test_cli import main_here
 
