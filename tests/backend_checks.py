@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from timm_oracle import relative_error  # tests/ is this script's folder: on sys.path
+from timm_oracle import grad_weights, relative_error  # tests/ is this script's folder: on sys.path
 
 
 def _recipe(out, work, backend, demo, train):
@@ -36,6 +36,79 @@ def _recipe(out, work, backend, demo, train):
     digits = np.load(os.path.join(work, "digits.npy"))
     out["recipe"]["reload_error"] = relative_error(reloaded.predict_on_batch(digits),
                                                    np.asarray(result.model.predict_on_batch(digits)))
+
+
+def keras_gradients(model, x):
+    """d sum(logits * grad_weights) / d model.trainable_weights with this backend's autodiff, in training
+    mode (the step `fit` takes: compiled by XLA on TensorFlow), as numpy arrays."""
+    import keras
+
+    backend = keras.backend.backend()
+    r = grad_weights(model.output_shape[-1], len(x))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)  # as fit's step (the recipe's default)
+        def grads(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x, training=True) * r)
+            return tape.gradient(loss, model.trainable_weights)
+
+        return [np.asarray(g) for g in grads(tf.constant(x))]
+    if backend == "torch":
+        import torch
+
+        model.zero_grad()
+        (model(x, training=True) * torch.from_numpy(r)).sum().backward()
+        return [v.value.grad.numpy() for v in model.trainable_weights]
+    import jax
+
+    def loss(trainable):
+        out, _ = model.stateless_call(trainable, [v.value for v in model.non_trainable_weights], x, training=True)
+        return (out * r).sum()
+
+    return [np.asarray(g) for g in jax.grad(loss)([v.value for v in model.trainable_weights])]
+
+
+def gradient_errors(name, model, x, timm_gradients, **kwargs):
+    """{weight path: relative error} of this backend's gradients against timm's (timm_oracle's file of them,
+    read by the weight loader into a second model, so that they come in Keras's layout)."""
+    import keras_vitnt
+
+    ref = keras_vitnt.create_model(name, weights=timm_gradients, include_preprocessing=False,
+                                   classifier_activation=None, **kwargs)
+    ours = keras_gradients(model, x)
+    assert len(ours) == len(ref.trainable_weights)
+    return {v.path: relative_error(g, w.numpy()) for v, w, g in zip(model.trainable_weights, ref.trainable_weights, ours)}
+
+
+def _dense_matches_keras():
+    """keras_vitnt's Dense (torch's `linear` on PyTorch) against keras.layers.Dense with the same weights:
+    {case: relative error}, on a 3-D input, with LoRA enabled (nonzero), and under mixed_bfloat16 (whose
+    output must be bfloat16)."""
+    import keras
+
+    from keras_vitnt.layers import Dense
+
+    x = np.random.default_rng(2).standard_normal((2, 5, 12)).astype("float32")
+    out = {}
+    for case in ("float32", "lora", "mixed_bfloat16"):
+        policy = "mixed_bfloat16" if case == "mixed_bfloat16" else "float32"
+        ours, ref = Dense(7, dtype=policy), keras.layers.Dense(7, dtype=policy)
+        for layer in (ours, ref):
+            layer.build(x.shape)
+            if case == "lora":
+                layer.enable_lora(2)
+        for a, b in zip(ours.weights, ref.weights):
+            b.assign(np.random.default_rng(len(out)).standard_normal(a.shape).astype("float32"))
+            a.assign(b.value)
+        y = ours(x)
+        if case == "mixed_bfloat16" and keras.backend.standardize_dtype(y.dtype) != "bfloat16":
+            out[case] = f"dtype {y.dtype}"
+            continue
+        out[case] = relative_error(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")),
+                                   keras.ops.convert_to_numpy(keras.ops.cast(ref(x), "float32")))
+    return out
 
 
 def _training_forms():
@@ -104,6 +177,9 @@ def main(work):
                                          include_preprocessing=False, classifier_activation=None, **kwargs)
         models[name] = model
         out["parity"][name] = relative_error(model.predict_on_batch(x), np.load(os.path.join(work, name + ".npy")))
+    # the gradients of a training step, against timm's autograd on the same weights
+    out["gradients"] = {name: max(gradient_errors(name, models[name], x, os.path.join(work, name + ".grads.safetensors"),
+                                                  **kwargs).values()) for name, kwargs in cases.items()}
     out["times"]["parity"] = time.time() - t0
 
     # 2. attention maps, rollout, TNT inner maps, feature extractor
@@ -121,6 +197,7 @@ def main(work):
     np.save(os.path.join(work, f"{backend}_features.npy"), np.asarray(feats))
 
     out["training_forms"] = _training_forms()
+    out["dense"] = _dense_matches_keras()
 
     # 3. fit on arrays (the model learns: it fits 8 samples, the loss falls by 4x or more). Not seeded:
     # keras.utils.set_random_seed seeds TensorFlow too, importing it

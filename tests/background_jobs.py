@@ -53,7 +53,7 @@ def backends(work):
     import timm  # noqa: F401  (before TensorFlow)
 
     sys.path.insert(0, HERE)
-    from timm_oracle import normalised_images, perturbed_timm_model, save_checkpoint, timm_logits
+    from timm_oracle import normalised_images, perturbed_timm_model, save_checkpoint, save_timm_gradients, timm_logits
 
     from keras_vitnt.data.digits import load_digits
     from keras_vitnt.demo import IMAGE_SIZE
@@ -64,6 +64,7 @@ def backends(work):
         tm = perturbed_timm_model(name, num_classes=1000, **kwargs)
         save_checkpoint(tm, os.path.join(work, f"{name}.safetensors"))
         np.save(os.path.join(work, f"{name}.npy"), timm_logits(tm, x))
+        save_timm_gradients(tm, x, os.path.join(work, f"{name}.grads.safetensors"))
     with open(os.path.join(work, "cases.json"), "w") as f:
         json.dump(BACKEND_CASES, f)
     (_, _), (x_test, _) = load_digits(size=IMAGE_SIZE)

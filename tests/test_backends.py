@@ -33,6 +33,39 @@ def test_timm_parity_on_every_backend(backend_runs, backend):
     assert max(report["parity"].values()) <= TOL, report["parity"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ("tensorflow",))
+def test_training_gradients_are_timms_on_every_backend(backend_runs, backend):
+    """The gradients of a training step (training=True: the forms training takes on each backend, XLA on
+    TensorFlow) for every weight of a one-block ViT, DeiT and TNT, against timm's autograd on the same
+    weights and inputs (tests/background_jobs.py saves them)."""
+    reports, work = backend_runs
+    if backend == "tensorflow":  # here, in the test process
+        from backend_checks import gradient_errors
+
+        import keras_vitnt
+
+        x = np.load(work / "x.npy")
+        errors = {}
+        for name, kwargs in CASES.items():
+            model = keras_vitnt.create_model(name, weights=str(work / f"{name}.safetensors"),
+                                             include_preprocessing=False, classifier_activation=None, **kwargs)
+            errors[name] = max(gradient_errors(name, model, x, str(work / f"{name}.grads.safetensors"),
+                                               **kwargs).values())
+    else:
+        errors = reports[backend]["gradients"]
+    assert set(errors) == set(CASES)
+    assert max(errors.values()) <= TOL, errors  # measured <= 2.1e-6 on each backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_package_dense_is_keras_dense_on_every_backend(backend_runs, backend):
+    """keras_vitnt.layers.Dense (torch's `linear` on PyTorch) gives keras.layers.Dense's outputs, with LoRA
+    and under mixed_bfloat16 too (in bfloat16, both rounded alike)."""
+    dense = backend_runs[0][backend]["dense"]
+    assert set(dense) == {"float32", "lora", "mixed_bfloat16"}, dense
+    assert dense["float32"] < 1e-6 and dense["lora"] < 1e-6 and dense["mixed_bfloat16"] < 1e-2, dense
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_model_weights_and_maps_do_not_import_tensorflow(backend_runs, backend):
     reports, work = backend_runs

@@ -46,6 +46,27 @@ def timm_logits(model, images_nhwc):
         return model(torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))).numpy()
 
 
+def grad_weights(n_classes, n=2, seed=1):
+    """The fixed output weights r of the gradient checks' loss sum(logits * r)."""
+    return np.random.default_rng(seed).standard_normal((n, n_classes)).astype("float32")
+
+
+def save_timm_gradients(model, images_nhwc, path):
+    """d sum(logits * grad_weights) / d every parameter of the timm model, in training mode, saved under
+    the state dict's names (.safetensors): a checkpoint of gradients, which the weight loader maps to
+    Keras's layout as it maps the weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    model.train()
+    model.zero_grad()
+    out = model(torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))))
+    (out * torch.from_numpy(grad_weights(out.shape[1], len(out)))).sum().backward()
+    model.eval()
+    grads = {k: p.grad.detach().contiguous() for k, p in model.named_parameters()}
+    save_file({k: grads.get(k, torch.zeros_like(v)) for k, v in model.state_dict().items()}, str(path))
+
+
 def normalised_images(n, h, w, seed=0):
     """Inputs as timm sees them after normalisation (roughly unit scale)."""
     return np.random.default_rng(seed).standard_normal((n, h, w, 3)).astype("float32")

@@ -1,7 +1,7 @@
 """Keras layers of keras_vitnt, all registered for `.keras` save/load."""
 
 from keras_vitnt.layers.attention import Attention, DiffAttention, TNTAttention
-from keras_vitnt.layers.base import LayerNorm, RmsNorm
+from keras_vitnt.layers.base import Dense, LayerNorm, RmsNorm
 from keras_vitnt.layers.blocks import (
     ATTN_LAYERS,
     BLOCKS,
@@ -33,6 +33,7 @@ __all__ = [
     "ATTN_LAYERS",
     "Attention",
     "BLOCKS",
+    "Dense",
     "DiffAttention",
     "DiffParallelScalingBlock",
     "AttentionPoolLatent",

@@ -45,6 +45,17 @@ def heads_first(x, t, groups, num_heads):
     return ops.transpose(ops.reshape(x, (-1, t, groups * num_heads, head_dim)), (2, 0, 1, 3))
 
 
+def head_groups(x, t, groups, num_heads):
+    """(B*T, groups*D) -> `groups` tensors (q, k, v, ...) of (heads, B, T, head_dim). On
+    TensorFlow, slices of `heads_first` (no copy); on the other backends, an unstack (PyTorch's
+    `unbind`, as timm's attention), whose backward pass stacks the gradients once, where each
+    slice's fills a zero tensor of the whole width and adds into it."""
+    x = heads_first(x, t, groups, num_heads)
+    if keras.backend.backend() == "tensorflow":
+        return tuple(x[i * num_heads : (i + 1) * num_heads] for i in range(groups))
+    return tuple(ops.unstack(ops.reshape(x, (groups, num_heads, -1, t, x.shape[-1])), num=groups, axis=0))
+
+
 def merge_heads(x, dim):
     """(heads, B, T, head_dim) -> (B*T, heads*head_dim)."""
     return ops.reshape(ops.transpose(x, (1, 2, 0, 3)), (-1, dim))
@@ -53,6 +64,13 @@ def merge_heads(x, dim):
 def attend(q, k, v, scale, needs_weights, dropout, training):
     """q, k, v: (heads, B, T, head_dim) -> (heads, B, T, head_dim) and the softmax weights
     as (B, heads, T, T), or None when they were not computed."""
+    if not needs_weights and keras.backend.backend() == "torch":
+        # torch's own attention on (B, heads, T, head_dim) views, as timm calls it: Keras's
+        # dot_product_attention copies q, k and v to contiguous tensors first on CPU
+        import torch
+
+        out = torch.nn.functional.scaled_dot_product_attention(*(a.transpose(0, 1) for a in (q, k, v)), scale=scale)
+        return out.transpose(0, 1), None
     if not needs_weights and keras.backend.backend() != "tensorflow":
         # (B, T, heads, head_dim) is the layout dot_product_attention takes
         q, k, v = (ops.transpose(a, (1, 2, 0, 3)) for a in (q, k, v))
@@ -183,9 +201,7 @@ class Attention(_AttentionBase):
         self.proj.build(input_shape[:-1] + (self.dim,))
 
     def _qkv(self, x, t):
-        qkv = heads_first(self.qkv(x), t, 3, self.num_heads)
-        h = self.num_heads
-        q, k, v = qkv[:h], qkv[h : 2 * h], qkv[2 * h :]
+        q, k, v = head_groups(self.qkv(x), t, 3, self.num_heads)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -213,9 +229,8 @@ class TNTAttention(_AttentionBase):
         self.proj.build(input_shape[:-1] + (self.dim,))
 
     def _qkv(self, x, t):
-        qk = heads_first(self.qk(x), t, 2, self.num_heads)
-        v = heads_first(self.v(x), t, 1, self.num_heads)
-        return qk[: self.num_heads], qk[self.num_heads :], v
+        q, k = head_groups(self.qk(x), t, 2, self.num_heads)
+        return q, k, heads_first(self.v(x), t, 1, self.num_heads)
 
     def get_config(self):
         return {**super().get_config(), "qkv_bias": self.qkv_bias}
@@ -244,9 +259,7 @@ class DiffLambdas:
 
     def _diff_qk(self, qk, t):
         """(rows, 2D) -> q, k as (2 heads, B, T, half_dim)."""
-        qk = heads_first(qk, t, 2, 2 * self.num_heads)
-        h2 = 2 * self.num_heads
-        return qk[:h2], qk[h2:]
+        return head_groups(qk, t, 2, 2 * self.num_heads)
 
     def _diff_mix(self, q, k, v, needs_weights, dropout, training):
         """q, k: (2 heads, B, T, half_dim); v: (heads, B, T, 2 half_dim)."""

@@ -189,10 +189,29 @@ def layer_norm(epsilon, name, kind="layernorm", gamma_init=1.0):
     return LayerNorm(epsilon=epsilon, gamma_initializer=gamma, name=name)
 
 
-def dense(units, name, use_bias=True):
-    return keras.layers.Dense(
-        units, use_bias=use_bias, kernel_initializer=dense_init(), bias_initializer="zeros", name=name
-    )
+@register
+class Dense(keras.layers.Dense):
+    """keras.layers.Dense (same weights, options, quantization and LoRA), which on the PyTorch
+    backend computes `x @ kernel + bias` as torch's `linear` (one `addmm`, the bias added by the
+    matmul; Keras's Dense takes a matmul and an add, whose backward pass is one more op too).
+    With the attention below (`attend`, `head_groups`): Keras's AdamW step of ViT-S/16 on
+    PyTorch 1.05x as fast (batch 16, 2-core AVX2 EPYC). Other backends: the parent's call."""
+
+    def call(self, inputs, training=None):
+        if keras.backend.backend() != "torch":
+            return super().call(inputs, training=training)
+        import torch
+
+        kernel = ops.convert_to_tensor(self.kernel)  # the autocast (and LoRA-merged) kernel
+        bias = None if self.bias is None else ops.convert_to_tensor(self.bias)
+        x = torch.nn.functional.linear(inputs, kernel.t(), bias)
+        return self.activation(x) if self.activation is not None else x
+
+
+def dense(units, name, use_bias=True, kernel_initializer=None, bias_initializer="zeros"):
+    """The package's Dense, initialised as timm's Linear layers unless told otherwise."""
+    return Dense(units, use_bias=use_bias, kernel_initializer=kernel_initializer or dense_init(),
+                 bias_initializer=bias_initializer, name=name)
 
 
 class SharedDtypePolicy:

@@ -10,6 +10,7 @@ from keras_vitnt.layers.attention import (
     DiffAttention,
     DiffLambdas,
     attend,
+    head_groups,
     heads_first,
     merge_heads,
     tokens_2d,
@@ -234,8 +235,8 @@ class GluMlp(Mlp):
 
     def _make_fc1(self):
         half = self.hidden_dim // 2
-        self.fc1 = keras.layers.Dense(self.hidden_dim, use_bias=self.bias, kernel_initializer=_gate_init(half),
-                                      bias_initializer=_ones_from(half), name="fc1")
+        self.fc1 = dense(self.hidden_dim, "fc1", use_bias=self.bias, kernel_initializer=_gate_init(half),
+                         bias_initializer=_ones_from(half))
 
     def _hidden(self, x, training=None):
         x = self.fc1(x)
@@ -257,8 +258,8 @@ class SwiGLU(Mlp):
                          **kwargs)
 
     def _make_fc1(self):
-        self.fc1_g = keras.layers.Dense(self.hidden_dim, use_bias=self.bias, kernel_initializer=_gate_init(0),
-                                        bias_initializer="ones", name="fc1_g")
+        self.fc1_g = dense(self.hidden_dim, "fc1_g", use_bias=self.bias, kernel_initializer=_gate_init(0),
+                           bias_initializer="ones")
         self.fc1_x = dense(self.hidden_dim, "fc1_x", use_bias=self.bias)
 
     def _fc1_layers(self):
@@ -615,9 +616,7 @@ class ParallelScalingBlock(TransformerBlock):
         x_mlp = y[:, : self.hidden]
         if self.mlp_bias is not None:
             x_mlp = x_mlp + ops.cast(self.mlp_bias, x_mlp.dtype)
-        qkv = heads_first(y[:, self.hidden :], t, 3, self.num_heads)
-        h = self.num_heads
-        q, k, v = qkv[:h], qkv[h : 2 * h], qkv[2 * h :]
+        q, k, v = head_groups(y[:, self.hidden :], t, 3, self.num_heads)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         needs_weights = return_attention_scores or bool(training and self.attn_drop > 0)
