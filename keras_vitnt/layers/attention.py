@@ -14,8 +14,11 @@ ViT-S/16 at batch 16; the README's Performance section has the numbers):
   BatchMatMul with the key transpose folded in is about a third faster. One transpose
   of the fused projection puts q, k and v in that layout at once, and with the heads
   leading they are slices along axis 0, which cost no copy (slices along axis 1 were
-  another 2%). Other backends keep `ops.dot_product_attention` (flash
-  kernels on GPU) whenever the weights are not needed.
+  another 2%). Whenever the weights are not needed, PyTorch runs torch's
+  `scaled_dot_product_attention` on (B, heads, T, head_dim) views and takes q, k and v by
+  `unbind`, as timm does (Keras's `ops.dot_product_attention` copies them to contiguous
+  tensors on CPU; slices' gradients fill a zero tensor each); JAX keeps
+  `ops.dot_product_attention` (flash kernels on GPU).
 - Training on TensorFlow keeps no (T, T) softmax weights for the backward pass: it keeps the
   row log-sum-exp (T values) and computes the weights again from q and k there
   (`attend_recomputed`), as PyTorch's flash attention does for timm. The XLA training step of

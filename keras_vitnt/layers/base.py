@@ -207,6 +207,14 @@ class Dense(keras.layers.Dense):
         x = torch.nn.functional.linear(inputs, kernel.t(), bias)
         return self.activation(x) if self.activation is not None else x
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Keras's Dense.quantize, which refuses subclasses (their call may differ): this one's quantized
+        call is Keras's own (`quantized_call` does not go through `call`). Subclasses of it are refused
+        as Keras refuses them."""
+        if type_check and type(self) is not Dense:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)
+
 
 def dense(units, name, use_bias=True, kernel_initializer=None, bias_initializer="zeros"):
     """The package's Dense, initialised as timm's Linear layers unless told otherwise."""
