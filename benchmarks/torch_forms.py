@@ -1,0 +1,125 @@
+"""What keras_vitnt's PyTorch-backend forms buy (Keras's AdamW step and `predict_on_batch`, batch 16,
+random weights): the package's Dense as torch's `linear` (the bias added by the `addmm`) and attention
+through torch's `scaled_dot_product_attention` on views with q, k and v taken by `unbind` (timm's own
+calls), against the forms Keras gives (`keras.layers.Dense.call`: a matmul and an add;
+`keras.ops.dot_product_attention`, which copies q, k and v to contiguous tensors on CPU; q, k and v
+as slices of one tensor), with timm's eager step and forward beside them.
+
+    KERAS_BACKEND=torch .venv/bin/python benchmarks/torch_forms.py [--models ...] [--rounds 11] [--out FILE]
+
+(the script sets KERAS_BACKEND=torch itself). All contenders in one process, interleaved round by
+round, `--threads` threads (2); a ratio is the median over rounds of two times taken back to back.
+The table goes to stdout, and to --out if given.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
+
+
+def keras_forms():
+    """Switches the package's PyTorch forms off while `state["keras"]` is true: Keras's Dense call,
+    Keras's dot_product_attention, q/k/v as slices (the forms before 2026-12-07)."""
+    import keras
+    from keras import ops
+
+    from keras_vitnt.layers import attention, base, blocks
+
+    state = {"keras": False}
+    ours_call, ours_groups, ours_attend = base.Dense.call, attention.head_groups, attention.attend
+
+    def call(self, inputs, training=None):
+        return (keras.layers.Dense.call if state["keras"] else ours_call)(self, inputs, training=training)
+
+    def head_groups(x, t, groups, num_heads):
+        if not state["keras"]:
+            return ours_groups(x, t, groups, num_heads)
+        x = attention.heads_first(x, t, groups, num_heads)
+        return tuple(x[i * num_heads : (i + 1) * num_heads] for i in range(groups))
+
+    def attend(q, k, v, scale, needs_weights, dropout, training):
+        if not state["keras"] or needs_weights:
+            return ours_attend(q, k, v, scale, needs_weights, dropout, training)
+        q, k, v = (ops.transpose(a, (1, 2, 0, 3)) for a in (q, k, v))
+        return ops.transpose(ops.dot_product_attention(q, k, v, scale=scale), (2, 0, 1, 3)), None
+
+    base.Dense.call = call
+    for module in (attention, blocks):
+        module.head_groups, module.attend = head_groups, attend
+    return state
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=11, help="interleaved timing rounds")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", help="also write the table here (refused if the file exists)")
+    args = p.parse_args(argv)
+    if args.out and os.path.exists(args.out):
+        sys.exit(f"{args.out} exists; choose another --out (it was left untouched)")
+
+    import timm  # noqa: F401  before TensorFlow (machine_line imports it for its version)
+    import numpy as np
+    import torch
+
+    from keras_vitnt.benchmark import (
+        _keras_train_step,
+        _timm_runners,
+        interleaved_times,
+        keras_model,
+        machine_line,
+        speedup,
+    )
+
+    torch.set_num_threads(args.threads)
+    state = keras_forms()
+
+    def under(forms, fn):
+        def run():
+            state["keras"] = forms == "keras"
+            fn()
+
+        return run
+
+    command = "python benchmarks/torch_forms.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Keras on PyTorch: keras_vitnt's forms (torch's linear, SDPA on views, unbind) against Keras's",
+             "", f"Machine: {machine_line(args.threads)}.", "", f"Command: `{command}`", "",
+             f"Batch {args.batch}, random weights; img/s from the median time of {args.rounds} interleaved rounds; "
+             "a ratio is the median over rounds of the two times taken back to back. Train: Keras's AdamW step "
+             "(`train_on_batch`, eager, as the recipe runs on PyTorch) and timm's eager AdamW step; inference: "
+             "`predict_on_batch` and timm's eager forward.", "",
+             "| model | | Keras's forms img/s | **keras_vitnt's** img/s | timm eager img/s | **ours / Keras's** "
+             "| Keras's / timm | **ours / timm** |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    for name in args.models:
+        model = keras_model(name)
+        x = np.random.default_rng(0).standard_normal((args.batch,) + model.input_shape[1:]).astype("float32")
+        timm_infer, timm_step = _timm_runners(name, args.batch, bf16=False)
+        runs = {
+            "train": {"keras": under("keras", _keras_train_step(name, args.batch, False)),
+                      "ours": under("ours", _keras_train_step(name, args.batch, False)), "timm": timm_step},
+            "inference": {"keras": under("keras", lambda: model.predict_on_batch(x)),
+                          "ours": under("ours", lambda: model.predict_on_batch(x)), "timm": timm_infer["timm"]},
+        }
+        for kind, runners in runs.items():
+            times = interleaved_times(runners, args.rounds)
+            ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
+            lines.append(f"| {name} | {kind} | {ips['keras']:.2f} | {ips['ours']:.2f} | {ips['timm']:.2f} | "
+                         f"**{speedup(times, 'ours', 'keras'):.3f}** | {speedup(times, 'keras', 'timm'):.3f} | "
+                         f"**{speedup(times, 'ours', 'timm'):.3f}** |")
+            print(lines[-1], flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
