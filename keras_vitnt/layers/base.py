@@ -194,8 +194,9 @@ class Dense(keras.layers.Dense):
     """keras.layers.Dense (same weights, options, quantization and LoRA), which on the PyTorch
     backend computes `x @ kernel + bias` as torch's `linear` (one `addmm`, the bias added by the
     matmul; Keras's Dense takes a matmul and an add, whose backward pass is one more op too).
-    With the attention below (`attend`, `head_groups`): Keras's AdamW step of ViT-S/16 on
-    PyTorch 1.05x as fast (batch 16, 2-core AVX2 EPYC). Other backends: the parent's call."""
+    With attention's torch forms (`attend`, `head_groups`): Keras's AdamW step on PyTorch 1.01-1.05x
+    (ViT-S/16) and 1.06x (TNT-S) as fast, inference 1.05x / 1.08x (batch 16, 2-core AVX2 EPYC;
+    benchmarks/torch_forms.py). Other backends: the parent's call."""
 
     def call(self, inputs, training=None):
         if keras.backend.backend() != "torch":
