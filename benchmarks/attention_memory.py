@@ -62,13 +62,21 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="also write the table here (refused if the file exists)")
     args = p.parse_args(argv)
-    if args.out and os.path.exists(args.out):
-        sys.exit(f"{args.out} exists; choose another --out (it was left untouched)")
 
     import timm  # noqa: F401  before TensorFlow (triton crashes when loaded after it); not in the memory children
 
-    from keras_vitnt.benchmark import _keras_train_step, interleaved_times, machine_line, set_tf_threads, speedup
+    from keras_vitnt.benchmark import (
+        _keras_train_step,
+        interleaved_times,
+        machine_line,
+        refuse_existing_out,
+        set_tf_threads,
+        speedup,
+        write_table,
+    )
     from keras_vitnt.layers import attention
+
+    refuse_existing_out(args.out)
 
     set_tf_threads(args.threads)
     command = "python benchmarks/attention_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -106,9 +114,7 @@ def main(argv=None):
                      f"**{mb('recomputed', 'steady')}** | {ips['kept']:.2f} | {ips['recomputed']:.2f} | "
                      f"**{speedup(times, 'recomputed', 'kept'):.2f}** |")
         print(lines[-1], flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,22 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="also write the table here (refused if the file exists)")
     args = p.parse_args(argv)
-    if args.out and os.path.exists(args.out):
-        sys.exit(f"{args.out} exists; choose another --out (it was left untouched)")
 
     import numpy as np
 
     import keras_vitnt
-    from keras_vitnt.benchmark import interleaved_times, keras_model, machine_line, set_threads, speedup
+    from keras_vitnt.benchmark import (
+        interleaved_times,
+        keras_model,
+        machine_line,
+        refuse_existing_out,
+        set_threads,
+        speedup,
+        write_table,
+    )
     from keras_vitnt.openvino_runtime import OpenVINOModel
+
+    refuse_existing_out(args.out)
 
     set_threads(args.threads)
     command = "python benchmarks/openvino_streams.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -58,9 +66,7 @@ def main(argv=None):
             lines.append(f"| {name} | {split.parts(args.batch)} on {split.streams} | {ips['one']:.1f} | "
                          f"{ips['split']:.1f} | **{speedup(times, 'split', 'one'):.2f}** |")
             print(lines[-1], flush=True)
-    if args.out:
-        with open(args.out, "x") as f:
-            f.write("\n".join(lines) + "\n")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""What keras_vitnt's PyTorch-backend forms buy (Keras's AdamW step and `predict_on_batch`, batch 16,
-random weights): the package's Dense as torch's `linear` (the bias added by the `addmm`) and attention
+"""What keras_vitnt's PyTorch-backend forms buy (the recipe's AdamW step and `predict_on_batch`, batch 16,
+random weights): the package's Dense as torch's `linear` (the bias added by the `addmm`), attention
 through torch's `scaled_dot_product_attention` on views with q, k and v taken by `unbind` (timm's own
-calls), against the forms Keras gives (`keras.layers.Dense.call`: a matmul and an add;
+calls) and the package's AdamW (`keras_vitnt.optimizers.AdamW`: the update one variable at a time, in
+place), against the forms Keras gives (`keras.layers.Dense.call`: a matmul and an add;
 `keras.ops.dot_product_attention`, which copies q, k and v to contiguous tensors on CPU; q, k and v
-as slices of one tensor), with timm's eager step and forward beside them.
+as slices of one tensor; `keras.optimizers.AdamW`, whose update allocates model-sized temporaries),
+with timm's eager step and forward beside them.
 
     KERAS_BACKEND=torch .venv/bin/python benchmarks/torch_forms.py [--models ...] [--rounds 11] [--out FILE]
 
@@ -62,10 +64,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="also write the table here (refused if the file exists)")
     args = p.parse_args(argv)
-    if args.out and os.path.exists(args.out):
-        sys.exit(f"{args.out} exists; choose another --out (it was left untouched)")
 
     import timm  # noqa: F401  before TensorFlow (machine_line imports it for its version)
+    import keras
     import numpy as np
     import torch
 
@@ -75,8 +76,12 @@ def main(argv=None):
         interleaved_times,
         keras_model,
         machine_line,
+        refuse_existing_out,
         speedup,
+        write_table,
     )
+
+    refuse_existing_out(args.out)
 
     torch.set_num_threads(args.threads)
     state = keras_forms()
@@ -89,11 +94,12 @@ def main(argv=None):
         return run
 
     command = "python benchmarks/torch_forms.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# Keras on PyTorch: keras_vitnt's forms (torch's linear, SDPA on views, unbind) against Keras's",
+    lines = ["# Keras on PyTorch: keras_vitnt's forms (torch's linear, SDPA on views, unbind, its AdamW) against Keras's",
              "", f"Machine: {machine_line(args.threads)}.", "", f"Command: `{command}`", "",
              f"Batch {args.batch}, random weights; img/s from the median time of {args.rounds} interleaved rounds; "
-             "a ratio is the median over rounds of the two times taken back to back. Train: Keras's AdamW step "
-             "(`train_on_batch`, eager, as the recipe runs on PyTorch) and timm's eager AdamW step; inference: "
+             "a ratio is the median over rounds of the two times taken back to back. Train: an AdamW step "
+             "(`train_on_batch`, eager, as the recipe runs on PyTorch; Keras's forms with `keras.optimizers.AdamW`, "
+             "keras_vitnt's with `keras_vitnt.optimizers.AdamW`) and timm's eager AdamW step; inference: "
              "`predict_on_batch` and timm's eager forward.", "",
              "| model | | Keras's forms img/s | **keras_vitnt's** img/s | timm eager img/s | **ours / Keras's** "
              "| Keras's / timm | **ours / timm** |",
@@ -104,7 +110,7 @@ def main(argv=None):
         x = np.random.default_rng(0).standard_normal((args.batch,) + model.input_shape[1:]).astype("float32")
         timm_infer, timm_step = _timm_runners(name, args.batch, bf16=False)
         runs = {
-            "train": {"keras": under("keras", _keras_train_step(name, args.batch, False)),
+            "train": {"keras": under("keras", _keras_train_step(name, args.batch, False, keras.optimizers.AdamW(1e-4))),
                       "ours": under("ours", _keras_train_step(name, args.batch, False)), "timm": timm_step},
             "inference": {"keras": under("keras", lambda: model.predict_on_batch(x)),
                           "ours": under("ours", lambda: model.predict_on_batch(x)), "timm": timm_infer["timm"]},
@@ -116,9 +122,7 @@ def main(argv=None):
                          f"**{speedup(times, 'ours', 'keras'):.3f}** | {speedup(times, 'keras', 'timm'):.3f} | "
                          f"**{speedup(times, 'ours', 'timm'):.3f}** |")
             print(lines[-1], flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

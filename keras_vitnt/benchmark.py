@@ -123,6 +123,24 @@ def speedup_best(times, key, references):
     return statistics.median(min(times[r][i] for r in references) / k for i, k in enumerate(times[key]))
 
 
+# --- the scripts in benchmarks/: a table to stdout and to --out ---------------------------
+
+
+def refuse_existing_out(out):
+    """Before any work: a script's --out never replaces a file (one of the user's, or an earlier table)."""
+    if out and os.path.exists(out):
+        raise SystemExit(f"{out} exists; choose another --out (it was left untouched)")
+
+
+def write_table(lines, out):
+    """The finished table to `out` (if given), whole or not at all, refused if a file appeared there since."""
+    if out:
+        from keras_vitnt.io_utils import write_text
+
+        refuse_existing_out(out)
+        write_text(out, "\n".join(lines) + "\n")
+
+
 def set_tf_threads(threads):
     import tensorflow as tf
 
@@ -378,12 +396,15 @@ def bench_inference(models, batches, rounds, peak, compiled=True, threads=2):
     return lines
 
 
-def _keras_train_step(name, batch, jit_compile):
+def _keras_train_step(name, batch, jit_compile, optimizer=None):
+    """The recipe's step: `train_on_batch` with its AdamW (`keras_vitnt.optimizers.AdamW`) unless another is given."""
     import keras
     import numpy as np
 
+    from keras_vitnt.optimizers import AdamW
+
     model = keras_model(name)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+    model.compile(optimizer=optimizer or AdamW(1e-4),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
     size = model.input_shape[1]
     x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")

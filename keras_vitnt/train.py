@@ -26,7 +26,7 @@ import shutil
 
 from keras_vitnt.cpu import BF16_FLAGS, native_bf16
 from keras_vitnt.io_utils import remove, save_model, write_json, write_text
-from keras_vitnt.optimizers import LayerDecayAdamW, layer_id  # noqa: F401  (layer_id: public here too)
+from keras_vitnt.optimizers import AdamW, LayerDecayAdamW, layer_id  # noqa: F401  (layer_id: public here too)
 
 log = logging.getLogger("keras_vitnt")
 
@@ -187,7 +187,7 @@ def make_optimizer(cfg, steps_per_epoch, depth):
         opt = LayerDecayAdamW(layer_decay=cfg.layer_decay, depth=depth, learning_rate=schedule,
                               weight_decay=cfg.weight_decay)
     else:
-        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+        opt = AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     opt.exclude_from_weight_decay(var_names=NO_DECAY)
     return opt
 

@@ -111,6 +111,52 @@ def _dense_matches_keras():
     return out
 
 
+def _adamw_matches_keras():
+    """keras_vitnt's AdamW (its own update on PyTorch) against keras.optimizers.AdamW, and LayerDecayAdamW's
+    scaled steps, on this backend: {"difference": the largest |difference| of any weight or optimizer slot
+    after 3 `train_on_batch` steps from the same weights (a cosine schedule, weight decay with the recipe's
+    exclusions), "layer_decay": {weight: median |step| / lr} after one step with decay 0.5 over 2 blocks,
+    "own_updates": the steps the package's PyTorch update took}."""
+    import keras
+
+    import keras_vitnt
+    from keras_vitnt import optimizers
+    from keras_vitnt.optimizers import AdamW, LayerDecayAdamW
+    from keras_vitnt.train import NO_DECAY
+
+    own, calls = optimizers._torch_adam_update, []
+    optimizers._torch_adam_update = lambda *args: calls.append(1) or own(*args)
+
+    def vit():
+        return keras_vitnt.ViT("Ti/4", weights=None, input_shape=(16, 16, 3), classes=10, embed_dim=48, depth=2,
+                               num_heads=3, include_preprocessing=False)
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((4, 16, 16, 3)).astype("float32"), rng.integers(0, 10, 4)
+    first = vit()
+    states = []
+    for opt in (keras.optimizers.AdamW, AdamW):
+        model = vit()
+        model.set_weights(first.get_weights())
+        opt = opt(keras.optimizers.schedules.CosineDecay(1e-3, 10), weight_decay=0.05)
+        opt.exclude_from_weight_decay(var_names=NO_DECAY)
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        states.append([keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables + opt.variables])
+    out = {"difference": max(float(np.max(np.abs(a - b))) for a, b in zip(*states))}
+    model = vit()
+    before = {v.path: keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables}
+    model.compile(optimizer=LayerDecayAdamW(layer_decay=0.5, depth=2, learning_rate=1e-3, weight_decay=0.0),
+                  loss="sparse_categorical_crossentropy")
+    model.train_on_batch(x, y)
+    out["layer_decay"] = {v.path: float(np.median(np.abs(keras.ops.convert_to_numpy(v.value) - before[v.path]))) / 1e-3
+                          for v in model.trainable_variables if v.path.endswith("kernel")}
+    optimizers._torch_adam_update = own
+    out["own_updates"] = len(calls)
+    return out
+
+
 def _training_forms():
     """JAX: the gradient forms training takes (GELU's written-out gradient, GELU + fc2 recomputing
     GELU) against autodiff's gradients of the inference forms, for a ViT and a TNT block's inputs and
@@ -198,6 +244,7 @@ def main(work):
 
     out["training_forms"] = _training_forms()
     out["dense"] = _dense_matches_keras()
+    out["adamw"] = _adamw_matches_keras()
 
     # 3. fit on arrays (the model learns: it fits 8 samples, the loss falls by 4x or more). Not seeded:
     # keras.utils.set_random_seed seeds TensorFlow too, importing it

@@ -67,6 +67,21 @@ def test_the_package_dense_is_keras_dense_on_every_backend(backend_runs, backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_the_package_adamw_is_keras_adamw_and_layer_decay_scales_its_steps(backend_runs, backend):
+    """keras_vitnt.optimizers.AdamW (on PyTorch its own in-place update, one variable at a time) leaves every
+    weight and optimizer slot as keras.optimizers.AdamW does, to the bit, after 3 steps with a schedule and
+    weight decay; LayerDecayAdamW's first step moves each block's kernels by lr * 0.5 ** (3 - layer id)
+    (m / sqrt(v) = +-1 at step 1)."""
+    adamw = backend_runs[0][backend]["adamw"]
+    assert adamw["difference"] == 0.0, adamw
+    assert adamw["own_updates"] == (4 if backend == "torch" else 0), adamw  # 3 steps of AdamW, 1 of layer decay
+    steps = adamw["layer_decay"]
+    for path, scale in (("patch_embed/proj/kernel", 0.125), ("blocks_0/attn/qkv/kernel", 0.25),
+                        ("blocks_1/mlp/fc2/kernel", 0.5), ("head/kernel", 1.0)):
+        assert steps[path] == pytest.approx(scale, rel=0.05), (path, steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_model_weights_and_maps_do_not_import_tensorflow(backend_runs, backend):
     reports, work = backend_runs
     report = reports[backend]
@@ -134,7 +149,8 @@ def test_keras_files_move_between_backends(backend_runs):
 def test_a_recipe_run_on_pytorch_loads_in_a_fresh_tensorflow_process_with_its_optimizer(backend_runs):
     """Keras records an optimizer made on PyTorch under its PyTorch class's module, whose import on
     TensorFlow loads torch, and triton (through torch) crashes a process that loaded TensorFlow first:
-    the recipe's files name the public class instead, and load there with the optimizer's state."""
+    keras_vitnt's save_model names the public class instead; the recipe's files name the package's AdamW
+    (keras_vitnt.optimizers, on every backend), and load there with the optimizer's state."""
     import os
     import subprocess
     import sys
@@ -145,14 +161,15 @@ def test_a_recipe_run_on_pytorch_loads_in_a_fresh_tensorflow_process_with_its_op
         assert reports[backend]["optimizer_modules"] == ["keras.optimizers"], (backend, reports[backend])
     path = work / "torch_runs" / "vit" / "model.keras"
     with zipfile.ZipFile(path) as f:
-        assert json.loads(f.read("config.json"))["compile_config"]["optimizer"]["module"] == "keras.optimizers"
+        record = json.loads(f.read("config.json"))["compile_config"]["optimizer"]
+    assert (record["module"], record["registered_name"]) == ("keras_vitnt.optimizers", "keras_vitnt>AdamW"), record
     code = ("import sys, keras, keras_vitnt; m = keras.models.load_model(sys.argv[1]); "
             "print(type(m.optimizer).__module__, int(m.optimizer.iterations))")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     module, steps = proc.stdout.split()[-2:]
-    assert module == "keras.src.optimizers.adamw" and int(steps) > 0
+    assert module == "keras_vitnt.optimizers" and int(steps) > 0
 
 
 @pytest.mark.parametrize("backend, fmt", [("jax", "litert"), ("torch", "onnx")])

@@ -30,6 +30,20 @@ def test_benchmark_refuses_to_overwrite(tmp_path):
     assert out.read_text() == "earlier run\n"
 
 
+def test_the_scripts_tables_are_written_whole_and_never_over_a_file(tmp_path):
+    """benchmarks/*.py write their table through write_table: a file that exists (refused before the run,
+    or one that appeared while it ran) is left as it was, and no temporary file stays beside it."""
+    out = tmp_path / "table.md"
+    benchmark.write_table(["| a |", "| b |"], str(out))
+    assert out.read_text() == "| a |\n| b |\n"
+    for refuse in (lambda: benchmark.refuse_existing_out(str(out)), lambda: benchmark.write_table(["| c |"], str(out))):
+        with pytest.raises(SystemExit, match="table.md exists; choose another --out"):
+            refuse()
+    assert out.read_text() == "| a |\n| b |\n" and os.listdir(tmp_path) == ["table.md"]
+    benchmark.write_table(["| d |"], None)  # no --out: stdout only
+    assert os.listdir(tmp_path) == ["table.md"]
+
+
 def test_cli_benchmark_runs_and_writes_the_table(tmp_path):
     # through the console entry point, which loads TensorFlow first: the benchmark must
     # restart itself with timm imported first instead of crashing
