@@ -7,7 +7,8 @@ place), against the forms Keras gives (`keras.layers.Dense.call`: a matmul and a
 as slices of one tensor; `keras.optimizers.AdamW`, whose update allocates model-sized temporaries),
 with timm's eager step and forward beside them.
 
-    KERAS_BACKEND=torch .venv/bin/python benchmarks/torch_forms.py [--models ...] [--rounds 11] [--out FILE]
+    KERAS_BACKEND=torch .venv/bin/python benchmarks/torch_forms.py [--models ...] [--rounds 11]
+        [--kinds train inference update] [--out FILE]
 
 (the script sets KERAS_BACKEND=torch itself). All contenders in one process, interleaved round by
 round, `--threads` threads (2); a ratio is the median over rounds of two times taken back to back.
@@ -22,6 +23,7 @@ import sys
 os.environ["KERAS_BACKEND"] = "torch"
 
 MODELS = ["vit_small_patch16_224", "tnt_s_patch16_224"]
+KINDS = ("train", "inference", "update")
 
 
 def keras_forms():
@@ -62,6 +64,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=11, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                   help="train and inference: the first table; update: the AdamW update alone, the second")
     p.add_argument("--out", help="also write the table here (refused if the file exists)")
     args = p.parse_args(argv)
 
@@ -104,8 +108,10 @@ def main(argv=None):
              "| model | | Keras's forms img/s | **keras_vitnt's** img/s | timm eager img/s | **ours / Keras's** "
              "| Keras's / timm | **ours / timm** |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    if not {"train", "inference"} & set(args.kinds):
+        del lines[-4:]  # the first table's description and header
     print("\n".join(lines), flush=True)
-    for name in args.models:
+    for name in args.models if {"train", "inference"} & set(args.kinds) else []:
         model = keras_model(name)
         x = np.random.default_rng(0).standard_normal((args.batch,) + model.input_shape[1:]).astype("float32")
         timm_infer, timm_step = _timm_runners(name, args.batch, bf16=False)
@@ -115,14 +121,54 @@ def main(argv=None):
             "inference": {"keras": under("keras", lambda: model.predict_on_batch(x)),
                           "ours": under("ours", lambda: model.predict_on_batch(x)), "timm": timm_infer["timm"]},
         }
-        for kind, runners in runs.items():
+        for kind, runners in ((k, r) for k, r in runs.items() if k in args.kinds):
             times = interleaved_times(runners, args.rounds)
             ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
             lines.append(f"| {name} | {kind} | {ips['keras']:.2f} | {ips['ours']:.2f} | {ips['timm']:.2f} | "
                          f"**{speedup(times, 'ours', 'keras'):.3f}** | {speedup(times, 'keras', 'timm'):.3f} | "
                          f"**{speedup(times, 'ours', 'timm'):.3f}** |")
             print(lines[-1], flush=True)
+    if "update" in args.kinds:
+        lines += update_table(args.models, args.rounds)
     write_table(lines, args.out)
+
+
+def update_table(models, rounds):
+    """The AdamW update alone (`optimizer.apply` on given gradients: no forward or backward pass), Keras's
+    against keras_vitnt's on the Keras model's weights, torch.optim.AdamW (its CPU default) on timm's."""
+    import keras
+    import numpy as np
+    import timm
+    import torch
+
+    from keras_vitnt.benchmark import interleaved_times, keras_model, speedup
+    from keras_vitnt.optimizers import AdamW
+
+    lines = ["", f"AdamW's update alone (weight decay 0.05; `optimizer.apply` on fixed gradients, no forward or "
+             f"backward pass), median ms of {rounds} interleaved rounds:", "",
+             "| model | weights | `keras.optimizers.AdamW` ms | **`keras_vitnt.optimizers.AdamW`** ms "
+             "| `torch.optim.AdamW` (timm's step) ms | **ours / Keras's** | ours / torch |", "|---|---:|---:|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    for name in models:
+        variables = keras_model(name).trainable_variables
+        grads = [keras.ops.convert_to_tensor(np.random.default_rng(i).standard_normal(v.shape).astype("float32") * 1e-3)
+                 for i, v in enumerate(variables)]
+        runners = {}
+        for key, opt in (("keras", keras.optimizers.AdamW(1e-4, weight_decay=0.05)),
+                         ("ours", AdamW(1e-4, weight_decay=0.05))):
+            opt.build(variables)
+            runners[key] = lambda opt=opt, grads=grads, variables=variables: opt.apply(grads, variables)
+        reference = timm.create_model(name)
+        for param in reference.parameters():
+            param.grad = torch.randn_like(param) * 1e-3
+        runners["torch"] = torch.optim.AdamW(reference.parameters(), lr=1e-4, weight_decay=0.05).step
+        times = interleaved_times(runners, rounds)
+        ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        lines.append(f"| {name} | {sum(int(np.prod(v.shape)) for v in variables) / 1e6:.1f}M | {ms['keras']:.0f} | "
+                     f"**{ms['ours']:.0f}** | {ms['torch']:.0f} | **{speedup(times, 'ours', 'keras'):.2f}** | "
+                     f"{speedup(times, 'ours', 'torch'):.2f} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 if __name__ == "__main__":
