@@ -31,9 +31,9 @@ class AdamW(keras.optimizers.AdamW):
 
     Keras's PyTorch AdamW updates the whole list of variables with `torch._foreach_*` ops, which
     allocate a model-sized temporary list for each of g*g, m*alpha, sqrt(v) + eps and their quotient:
-    its update of ViT-S/16's 22M weights took 224-339 ms against 70-77 ms this way (torch.optim.AdamW:
-    70 ms), TNT-S's 292 against 100 ms (11-15 interleaved rounds, 2 threads, AMD EPYC), out of a 4-7 s
-    training step at batch 16. On TensorFlow and JAX this is Keras's AdamW itself; with `amsgrad=True`
+    its update of ViT-S/16's 22M weights took 207-339 ms against 64-77 ms this way (torch.optim.AdamW:
+    58-70 ms), TNT-S's 261-334 against 95-100 ms (four runs of 11-15 interleaved rounds, 2 threads, AMD
+    EPYC; benchmarks/torch_forms.py --kinds update), out of a 4-8 s training step at batch 16. On TensorFlow and JAX this is Keras's AdamW itself; with `amsgrad=True`
     on PyTorch, Keras's per-variable update. The recipe (`keras_vitnt.train`) trains with it."""
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
