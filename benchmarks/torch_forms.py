@@ -135,27 +135,33 @@ def main(argv=None):
 
 def update_table(models, rounds):
     """The AdamW update alone (`optimizer.apply` on given gradients: no forward or backward pass), Keras's
-    against keras_vitnt's on the Keras model's weights, torch.optim.AdamW (its CPU default) on timm's."""
+    against keras_vitnt's on the Keras model's weights, torch.optim.AdamW (its CPU default) on timm's;
+    beside them LayerDecayAdamW (decay 0.75), before 2026-12-07 on Keras's generic per-variable update."""
     import keras
     import numpy as np
     import timm
     import torch
 
     from keras_vitnt.benchmark import interleaved_times, keras_model, speedup
-    from keras_vitnt.optimizers import AdamW
+    from keras_vitnt.optimizers import AdamW, LayerDecayAdamW
 
     lines = ["", f"AdamW's update alone (weight decay 0.05; `optimizer.apply` on fixed gradients, no forward or "
              f"backward pass), median ms of {rounds} interleaved rounds:", "",
              "| model | weights | `keras.optimizers.AdamW` ms | **`keras_vitnt.optimizers.AdamW`** ms "
-             "| `torch.optim.AdamW` (timm's step) ms | **ours / Keras's** | ours / torch |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| `torch.optim.AdamW` (timm's step) ms | **ours / Keras's** | ours / torch | `LayerDecayAdamW` ms "
+             "| its generic update ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for name in models:
         variables = keras_model(name).trainable_variables
         grads = [keras.ops.convert_to_tensor(np.random.default_rng(i).standard_normal(v.shape).astype("float32") * 1e-3)
                  for i, v in enumerate(variables)]
         runners = {}
+        generic = LayerDecayAdamW(0.75, 12, learning_rate=1e-4, weight_decay=0.05)
+        generic._backend_update_step = generic._keras_torch_update  # Keras's per-variable update_step, scaled
         for key, opt in (("keras", keras.optimizers.AdamW(1e-4, weight_decay=0.05)),
-                         ("ours", AdamW(1e-4, weight_decay=0.05))):
+                         ("ours", AdamW(1e-4, weight_decay=0.05)),
+                         ("decay", LayerDecayAdamW(0.75, 12, learning_rate=1e-4, weight_decay=0.05)),
+                         ("generic", generic)):
             opt.build(variables)
             runners[key] = lambda opt=opt, grads=grads, variables=variables: opt.apply(grads, variables)
         reference = timm.create_model(name)
@@ -166,7 +172,7 @@ def update_table(models, rounds):
         ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
         lines.append(f"| {name} | {sum(int(np.prod(v.shape)) for v in variables) / 1e6:.1f}M | {ms['keras']:.0f} | "
                      f"**{ms['ours']:.0f}** | {ms['torch']:.0f} | **{speedup(times, 'ours', 'keras'):.2f}** | "
-                     f"{speedup(times, 'ours', 'torch'):.2f} |")
+                     f"{speedup(times, 'ours', 'torch'):.2f} | {ms['decay']:.0f} | {ms['generic']:.0f} |")
         print(lines[-1], flush=True)
     return lines
 

@@ -133,12 +133,28 @@ def refuse_existing_out(out):
 
 
 def write_table(lines, out):
-    """The finished table to `out` (if given), whole or not at all, refused if a file appeared there since."""
-    if out:
-        from keras_vitnt.io_utils import write_text
+    """The finished table to `out` (if given), whole or not at all, refused if a file appeared there since:
+    written beside it, then linked to its name, which fails if the name exists (a rename would replace it)."""
+    if not out:
+        return
+    import uuid
 
-        refuse_existing_out(out)
-        write_text(out, "\n".join(lines) + "\n")
+    refuse_existing_out(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out)}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "x") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise SystemExit(f"{out} exists; choose another --out (it was left untouched)") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def set_tf_threads(threads):
@@ -404,7 +420,7 @@ def _keras_train_step(name, batch, jit_compile, optimizer=None):
     from keras_vitnt.optimizers import AdamW
 
     model = keras_model(name)
-    model.compile(optimizer=optimizer or AdamW(1e-4),
+    model.compile(optimizer=AdamW(1e-4) if optimizer is None else optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
     size = model.input_shape[1]
     x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype("float32")

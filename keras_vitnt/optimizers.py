@@ -31,15 +31,27 @@ class AdamW(keras.optimizers.AdamW):
 
     Keras's PyTorch AdamW updates the whole list of variables with `torch._foreach_*` ops, which
     allocate a model-sized temporary list for each of g*g, m*alpha, sqrt(v) + eps and their quotient:
-    its update of ViT-S/16's 22M weights took 207-339 ms against 64-77 ms this way (torch.optim.AdamW:
-    58-70 ms), TNT-S's 261-334 against 95-100 ms (four runs of 11-15 interleaved rounds, 2 threads, AMD
-    EPYC; benchmarks/torch_forms.py --kinds update), out of a 4-8 s training step at batch 16. On TensorFlow and JAX this is Keras's AdamW itself; with `amsgrad=True`
-    on PyTorch, Keras's per-variable update. The recipe (`keras_vitnt.train`) trains with it."""
+    its update of ViT-S/16's 22M weights took 207-339 ms against 64-85 ms this way (torch.optim.AdamW:
+    58-73 ms), TNT-S's 261-366 against 95-120 ms (five runs of 11-15 interleaved rounds, 2 threads, AMD
+    EPYC; benchmarks/torch_forms.py --kinds update), out of a 4-8 s training step at batch 16.
+    On TensorFlow and JAX this is Keras's AdamW itself; on PyTorch with the weights on a GPU (where
+    torch's own AdamW takes the list form too) or with `amsgrad=True`, Keras's PyTorch update runs.
+    The recipe (`keras_vitnt.train`) trains with it."""
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if keras.backend.backend() != "torch" or self.amsgrad:
+        if keras.backend.backend() != "torch":
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        _torch_adam_update(self, grads, trainable_variables, learning_rate)
+        if not self.amsgrad and all(v.value.device.type == "cpu" for v in trainable_variables):
+            return _torch_adam_update(self, grads, trainable_variables, learning_rate)
+        return self._keras_torch_update(grads, trainable_variables, learning_rate)
+
+    def _keras_torch_update(self, grads, trainable_variables, learning_rate):
+        """Keras's own PyTorch AdamW update (its list form)."""
+        import torch
+        from keras.src.backend.torch.optimizers.torch_adam import Adam
+
+        with torch.no_grad():
+            Adam._parallel_update_step(self, grads, trainable_variables, learning_rate)
 
     def _learning_rate_scale(self, index):
         """The factor on the learning rate of the `index`-th variable (1 here; layer decay scales it)."""
@@ -85,6 +97,11 @@ class LayerDecayAdamW(AdamW):
 
     def _learning_rate_scale(self, index):
         return self._lr_scales[index]
+
+    def _keras_torch_update(self, grads, trainable_variables, learning_rate):
+        """Keras's list form has no per-variable learning rate: Keras's per-variable update, scaled below."""
+        for grad, variable in zip(grads, trainable_variables):
+            self.update_step(grad, variable, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         scale = self._lr_scales[self._get_variable_index(variable)]

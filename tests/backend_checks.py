@@ -113,10 +113,10 @@ def _dense_matches_keras():
 
 def _adamw_matches_keras():
     """keras_vitnt's AdamW (its own update on PyTorch) against keras.optimizers.AdamW, and LayerDecayAdamW's
-    scaled steps, on this backend: {"difference": the largest |difference| of any weight or optimizer slot
-    after 3 `train_on_batch` steps from the same weights (a cosine schedule, weight decay with the recipe's
-    exclusions), "layer_decay": {weight: median |step| / lr} after one step with decay 0.5 over 2 blocks,
-    "own_updates": the steps the package's PyTorch update took}."""
+    scaled steps, on this backend: {"difference": {"amsgrad=False|True": the largest |difference| of any
+    weight or optimizer slot after 3 `train_on_batch` steps from the same weights (a cosine schedule,
+    weight decay with the recipe's exclusions)}, "layer_decay": {weight: median |step| / lr} after one
+    step with decay 0.5 over 2 blocks, "own_updates": the steps the package's PyTorch update took}."""
     import keras
 
     import keras_vitnt
@@ -134,17 +134,19 @@ def _adamw_matches_keras():
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((4, 16, 16, 3)).astype("float32"), rng.integers(0, 10, 4)
     first = vit()
-    states = []
-    for opt in (keras.optimizers.AdamW, AdamW):
-        model = vit()
-        model.set_weights(first.get_weights())
-        opt = opt(keras.optimizers.schedules.CosineDecay(1e-3, 10), weight_decay=0.05)
-        opt.exclude_from_weight_decay(var_names=NO_DECAY)
-        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
-        for _ in range(3):
-            model.train_on_batch(x, y)
-        states.append([keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables + opt.variables])
-    out = {"difference": max(float(np.max(np.abs(a - b))) for a, b in zip(*states))}
+    out = {"difference": {}}
+    for amsgrad in (False, True):  # with amsgrad, Keras's own PyTorch update runs
+        states = []
+        for opt in (keras.optimizers.AdamW, AdamW):
+            model = vit()
+            model.set_weights(first.get_weights())
+            opt = opt(keras.optimizers.schedules.CosineDecay(1e-3, 10), weight_decay=0.05, amsgrad=amsgrad)
+            opt.exclude_from_weight_decay(var_names=NO_DECAY)
+            model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+            for _ in range(3):
+                model.train_on_batch(x, y)
+            states.append([keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables + opt.variables])
+        out["difference"][f"amsgrad={amsgrad}"] = max(float(np.max(np.abs(a - b))) for a, b in zip(*states))
     model = vit()
     before = {v.path: keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables}
     model.compile(optimizer=LayerDecayAdamW(layer_decay=0.5, depth=2, learning_rate=1e-3, weight_decay=0.0),

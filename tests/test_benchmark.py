@@ -30,9 +30,9 @@ def test_benchmark_refuses_to_overwrite(tmp_path):
     assert out.read_text() == "earlier run\n"
 
 
-def test_the_scripts_tables_are_written_whole_and_never_over_a_file(tmp_path):
+def test_the_scripts_tables_are_written_whole_and_never_over_a_file(tmp_path, monkeypatch):
     """benchmarks/*.py write their table through write_table: a file that exists (refused before the run,
-    or one that appeared while it ran) is left as it was, and no temporary file stays beside it."""
+    or one that appears while the table is written) is left as it was, and no temporary file stays."""
     out = tmp_path / "table.md"
     benchmark.write_table(["| a |", "| b |"], str(out))
     assert out.read_text() == "| a |\n| b |\n"
@@ -42,6 +42,12 @@ def test_the_scripts_tables_are_written_whole_and_never_over_a_file(tmp_path):
     assert out.read_text() == "| a |\n| b |\n" and os.listdir(tmp_path) == ["table.md"]
     benchmark.write_table(["| d |"], None)  # no --out: stdout only
     assert os.listdir(tmp_path) == ["table.md"]
+    # a file that appears between the check and the write (another run, the user) is not replaced
+    late, link = tmp_path / "late.md", os.link
+    monkeypatch.setattr(os, "link", lambda src, dst: (late.write_text("theirs"), link(src, dst)))
+    with pytest.raises(SystemExit, match="late.md exists"):
+        benchmark.write_table(["| e |"], str(late))
+    assert late.read_text() == "theirs" and sorted(os.listdir(tmp_path)) == ["late.md", "table.md"]
 
 
 def test_cli_benchmark_runs_and_writes_the_table(tmp_path):

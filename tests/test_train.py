@@ -397,6 +397,37 @@ def test_rerun_of_a_finished_run_loses_nothing_and_a_larger_epochs_continues_it(
     assert int(more.model.optimizer.iterations) == 2 * steps  # the optimizer state went on, not restarted
 
 
+def test_a_run_saved_with_keras_adamw_continues_with_the_recipes_adamw():
+    """Runs saved before the recipe used keras_vitnt.optimizers.AdamW hold keras.optimizers.AdamW: a larger
+    --epochs copies its state (step count, moments) into the package's AdamW, variable for variable."""
+    import types
+
+    import keras
+
+    from keras_vitnt.train import NO_DECAY, _copy_optimizer_state, make_optimizer
+
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[[0, 1, 2, 3]]
+    old = keras_vitnt_vit(depth=2)
+    opt = keras.optimizers.AdamW(keras.optimizers.schedules.CosineDecay(1e-3, 10), weight_decay=0.05)
+    opt.exclude_from_weight_decay(var_names=NO_DECAY)
+    old.compile(optimizer=opt, loss="categorical_crossentropy")
+    for _ in range(2):
+        old.train_on_batch(x, y)
+    new = keras_vitnt_vit(depth=2)
+    cfg = types.SimpleNamespace(epochs=4, lr=1e-3, min_lr=1e-5, warmup_epochs=0, layer_decay=None,
+                                weight_decay=0.05, out="run")
+    new.compile(optimizer=make_optimizer(cfg, 5, 2), loss="categorical_crossentropy")
+    assert type(new.optimizer).__module__ == "keras_vitnt.optimizers"
+    _copy_optimizer_state(new, opt, cfg)
+    assert int(new.optimizer.iterations) == 2
+    copied = [(a.path.split("/")[-1], np.asarray(a.value)) for a in new.optimizer.variables]
+    kept = [(b.path.split("/")[-1], np.asarray(b.value)) for b in opt.variables]
+    assert [name for name, _ in copied] == [name for name, _ in kept]
+    for (_, a), (_, b) in zip(copied, kept):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_run_with_other_settings_is_refused_and_overwrite_keeps_user_files(tmp_path):
     out = tmp_path / "run"
     train(small_cfg(out, epochs=1), verbose=0)
