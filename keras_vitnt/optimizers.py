@@ -9,18 +9,23 @@ import re
 
 import keras
 
-# the model's top-level layers whose weights sit below block 0 (layer id 0)
-EMBEDDING_LAYERS = ("patch_embed", "cls_token", "pos_embed", "pixel_embed", "patch_pos", "preprocess")
+# the model's top-level layers whose weights sit below block 0 (layer id 0): timm's "stem" group
+EMBEDDING_LAYERS = ("patch_embed", "cls_token", "pos_embed", "pixel_embed", "patch_pos", "preprocess", "norm_pre")
 
 
 def layer_id(path, depth):
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head."""
+    """The layer id of a weight for layer-wise learning-rate decay, as timm groups VisionTransformer's and
+    TNT's parameters (`group_matcher`, `timm.optim.param_groups_layer_decay`): 0 for the embeddings (class,
+    register and distillation tokens, position embeddings, patch/pixel embeddings, the pre-norm), i + 1 for
+    block i, `depth` for the final norm (timm keeps it with the last block), depth + 1 for what follows it
+    (fc_norm, the attention pool, the heads)."""
     m = re.match(r"blocks_(\d+)/", path)
     if m:
         return int(m.group(1)) + 1
-    if path.split("/")[0] in EMBEDDING_LAYERS:
+    top = path.split("/")[0]
+    if top in EMBEDDING_LAYERS:
         return 0
-    return depth + 1
+    return depth if top == "norm" else depth + 1
 
 
 @keras.saving.register_keras_serializable(package="keras_vitnt")
@@ -36,7 +41,34 @@ class AdamW(keras.optimizers.AdamW):
     EPYC; benchmarks/torch_forms.py --kinds update), out of a 4-8 s training step at batch 16.
     On TensorFlow and JAX this is Keras's AdamW itself; on PyTorch with the weights on a GPU (where
     torch's own AdamW takes the list form too) or with `amsgrad=True`, Keras's PyTorch update runs.
-    The recipe (`keras_vitnt.train`) trains with it."""
+    The recipe (`keras_vitnt.train`) trains with it.
+
+    Two arguments beyond Keras's, both saved with the optimizer (Keras's `exclude_from_weight_decay`
+    is not: a model reloaded from a `.keras` file would go on decaying what was excluded):
+    `weight_decay_exclude_names`: variable names (regular expressions searched in `variable.name`) to
+    exclude from weight decay, what `exclude_from_weight_decay(var_names=...)` sets (which also records
+    them); `weight_decay_exclude_1d`: also exclude every variable of at most one dimension (biases, norm
+    scales, LayerScale), timm's `weight_decay_exclude_1d`."""
+
+    def __init__(self, *args, weight_decay_exclude_names=None, weight_decay_exclude_1d=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_decay_exclude_1d = bool(weight_decay_exclude_1d)
+        self._exclude_names = ()
+        if weight_decay_exclude_names:
+            self.exclude_from_weight_decay(var_names=weight_decay_exclude_names)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        self._exclude_names = tuple(var_names or ())
+
+    def _use_weight_decay(self, variable):
+        if self.weight_decay_exclude_1d and len(variable.shape) <= 1:
+            return False
+        return super()._use_weight_decay(variable)
+
+    def get_config(self):
+        return {**super().get_config(), "weight_decay_exclude_names": list(self._exclude_names),
+                "weight_decay_exclude_1d": self.weight_decay_exclude_1d}
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if keras.backend.backend() != "torch":
@@ -83,8 +115,8 @@ def _torch_adam_update(opt, grads, variables, learning_rate):
 
 @keras.saving.register_keras_serializable(package="keras_vitnt")
 class LayerDecayAdamW(AdamW):
-    """AdamW whose learning rate is scaled per variable by
-    `layer_decay ** (depth + 1 - layer_id)` (BEiT/timm layer-wise decay)."""
+    """AdamW whose learning rate, its weight decay's included, is scaled per variable by
+    `layer_decay ** (depth + 1 - layer_id)` (timm's layer-wise decay, its layer ids: see `layer_id`)."""
 
     def __init__(self, layer_decay=0.75, depth=12, **kwargs):
         super().__init__(**kwargs)
@@ -97,6 +129,24 @@ class LayerDecayAdamW(AdamW):
 
     def _learning_rate_scale(self, index):
         return self._lr_scales[index]
+
+    def _apply_weight_decay(self, variables):
+        """Weight decay at each variable's scaled learning rate (p -= p * wd * lr * scale), as timm's layer
+        decay scales a parameter group's whole learning rate, its decay's included. Keras's own weight decay
+        (TensorFlow's is distribution-aware) for each group of variables of one scale, its `weight_decay`
+        scaled while it runs; every backend reads it as it builds or runs that update."""
+        if self.weight_decay is None:
+            return
+        groups = {}
+        for variable in variables:
+            groups.setdefault(self._lr_scales[self._get_variable_index(variable)], []).append(variable)
+        weight_decay = self.weight_decay
+        try:
+            for scale, group in groups.items():
+                self.weight_decay = weight_decay * scale
+                super()._apply_weight_decay(group)
+        finally:
+            self.weight_decay = weight_decay
 
     def _keras_torch_update(self, grads, trainable_variables, learning_rate):
         """Keras's list form has no per-variable learning rate: Keras's per-variable update, scaled below."""

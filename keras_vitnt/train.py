@@ -1,8 +1,9 @@
 """The fine-tuning recipe behind `keras-vitnt train`, the demo and the notebook: plain
 `model.fit` with the DeiT-style choices, all from Keras core.
 
-- AdamW without weight decay on norms, biases, tokens and position embeddings; linear
-  warmup then cosine decay; optional layer-wise learning-rate decay; label smoothing.
+- AdamW without weight decay on 1-D weights (norms, biases, LayerScale), tokens and position
+  embeddings, as timm's; linear warmup then cosine decay; optional layer-wise learning-rate decay
+  (timm's layer ids, the weight decay scaled with the learning rate); label smoothing.
 - drop_path (stochastic depth); augmentation: random resized crop (+ flip for natural
   images), optionally RandAugment, MixUp / CutMix (Keras core layers), in `tf.data`
   pipelines with prefetch.
@@ -30,7 +31,9 @@ from keras_vitnt.optimizers import AdamW, LayerDecayAdamW, layer_id  # noqa: F40
 
 log = logging.getLogger("keras_vitnt")
 
-NO_DECAY = ["bias", "gamma", "beta", "cls_token", "dist_token", "pos_embed", "pixel_pos"]
+# no weight decay (as timm: every weight of at most one dimension, and its models' `no_weight_decay()`):
+# variable names searched in `variable.name`; biases, norms and LayerScale are also 1-D
+NO_DECAY = ["bias", "gamma", "beta", "cls_token", "reg_token", "dist_token", "pos_embed", "pixel_pos"]
 
 
 @dataclasses.dataclass
@@ -183,13 +186,11 @@ def make_optimizer(cfg, steps_per_epoch, depth):
         alpha=cfg.min_lr / peak if peak > 0 else 0.0, warmup_target=peak if warmup else None,
         warmup_steps=warmup,
     )
+    decay = {"learning_rate": schedule, "weight_decay": cfg.weight_decay, "weight_decay_exclude_names": NO_DECAY,
+             "weight_decay_exclude_1d": True}
     if cfg.layer_decay:
-        opt = LayerDecayAdamW(layer_decay=cfg.layer_decay, depth=depth, learning_rate=schedule,
-                              weight_decay=cfg.weight_decay)
-    else:
-        opt = AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    opt.exclude_from_weight_decay(var_names=NO_DECAY)
-    return opt
+        return LayerDecayAdamW(layer_decay=cfg.layer_decay, depth=depth, **decay)
+    return AdamW(**decay)
 
 
 # the recipe's --strategy per Keras backend; "auto": every device this process sees

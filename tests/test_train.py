@@ -124,6 +124,23 @@ def test_layer_decay_scales_the_updates_of_early_blocks():
     np.testing.assert_allclose(step["patch_embed/proj/kernel"], 0.125e-3, rtol=0.05)
 
 
+# every kind of weight outside the blocks, and 1-D weights whose names are no norm's or bias's: DeiT's
+# distillation token and head, TNT's pixel embedding and outer projections, a register token, differential
+# attention's lambdas, LayerScale and fc_norm (dlittle), the attention pool's latent (test_vit3), CLIP's norm_pre
+@pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "tnt_s_patch16_224",
+                                  "vit_dlittle_patch16_reg1_gap_256", "test_vit3", "vit_base_patch16_clip_224"])
+def test_layer_decay_steps_as_timms_layer_decay_adamw(tmp_path, name):
+    """The recipe's optimizer with layer decay moves every weight as timm's AdamW with layer decay does
+    (timm's layer ids, its weight-decay exclusions, its per-group lr with the weight decay scaled by it) over
+    3 steps of the recipe's cosine schedule on the same gradients, the weights of 2 blocks at real width."""
+    from timm_oracle import layer_decay_steps
+
+    errors = layer_decay_steps(name, str(tmp_path))
+    worst = max(errors, key=errors.get)
+    print(name, f"{len(errors)} weights, worst {worst}: {errors[worst]:.2e}")
+    assert errors[worst] < 1e-4, (worst, errors[worst])
+
+
 def keras_vitnt_vit(depth):
     import keras_vitnt
 
@@ -136,7 +153,10 @@ def test_layer_ids_for_layer_decay():
     assert layer_id("cls_token/cls_token", 12) == 0
     assert layer_id("blocks_0/attn/qkv/kernel", 12) == 1
     assert layer_id("blocks_11/mlp/fc2/bias", 12) == 12
-    assert layer_id("head/kernel", 12) == 13 and layer_id("norm/gamma", 12) == 13
+    assert layer_id("norm_pre/gamma", 12) == 0 and layer_id("cls_token/reg_token", 12) == 0
+    assert layer_id("norm/gamma", 12) == 12  # timm: the final norm with the last block
+    assert layer_id("head/kernel", 12) == 13 and layer_id("fc_norm/gamma", 12) == 13
+    assert layer_id("attn_pool/latent", 12) == 13 and layer_id("head_dist/kernel", 12) == 13
 
 
 class Crash(keras.callbacks.Callback):
@@ -476,11 +496,15 @@ x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
 for name in ("model.keras", "best.keras"):
     m = keras.models.load_model({str(out)!r} + "/" + name)
     print(name, type(m.optimizer).__name__, m.optimizer.layer_decay, np.asarray(m.predict_on_batch(x)).sum(1).round(4))
+    print(name, "decayed:", sorted({{v.name for v in m.trainable_variables if m.optimizer._use_weight_decay(v)}}))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("LayerDecayAdamW 0.75 [1. 1.]") == 2, proc.stdout
+    # the weight-decay exclusions come back with the optimizer (Keras saves none): a fit after loading
+    # decays the kernels only, as the run did
+    assert proc.stdout.count("decayed: ['kernel']") == 2, proc.stdout
     # a run folder: its model.keras, exported inside it
     exp = main_here(capsys, "export", str(out), "--format", "litert")
     assert exp.returncode == 0, exp.stderr[-3000:]
