@@ -129,13 +129,13 @@ def test_layer_decay_scales_the_updates_of_early_blocks():
 # attention's lambdas, LayerScale and fc_norm (dlittle), the attention pool's latent (test_vit3), CLIP's norm_pre
 @pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "tnt_s_patch16_224",
                                   "vit_dlittle_patch16_reg1_gap_256", "test_vit3", "vit_base_patch16_clip_224"])
-def test_layer_decay_steps_as_timms_layer_decay_adamw(tmp_path, name):
+def test_layer_decay_steps_as_timms_layer_decay_adamw(name):
     """The recipe's optimizer with layer decay moves every weight as timm's AdamW with layer decay does
     (timm's layer ids, its weight-decay exclusions, its per-group lr with the weight decay scaled by it) over
     3 steps of the recipe's cosine schedule on the same gradients, the weights of 2 blocks at real width."""
     from timm_oracle import layer_decay_steps
 
-    errors = layer_decay_steps(name, str(tmp_path))
+    errors = layer_decay_steps(name)
     worst = max(errors, key=errors.get)
     print(name, f"{len(errors)} weights, worst {worst}: {errors[worst]:.2e}")
     assert errors[worst] < 1e-4, (worst, errors[worst])

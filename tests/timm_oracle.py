@@ -1,8 +1,6 @@
 """The reference oracle: timm models with every tensor perturbed, saved as a checkpoint
 file, and their logits on a fixed input; the error and distribution measures of the tests."""
 
-import os
-
 import numpy as np
 
 
@@ -88,31 +86,39 @@ def ks_distance(a, b):
     return float(np.max(np.abs(cdf(a) - cdf(b))))
 
 
-def layer_decay_steps(name, folder, depth=2, steps=3, layer_decay=0.5, weight_decay=0.05, lr=0.05, seed=0):
+def layer_decay_steps(name, depth=2, steps=3, layer_decay=0.5, weight_decay=0.05, lr=0.05, seed=0):
     """The recipe's optimizer with layer decay (`keras_vitnt.train.make_optimizer`: LayerDecayAdamW and its
     weight-decay exclusions) against timm's (`timm.optim.create_optimizer_v2(model, "adamw", layer_decay=...)`,
     whose scheduler sets each group's lr to lr x its lr_scale) on the same weights and gradients (random, new
     each step, |g| >= 0.5 so that the epsilon, which Keras adds to sqrt(v) and torch to sqrt(v / bias
     correction), moves nothing measurable), on this Keras backend: {weight path: relative error of its total
-    change after `steps` steps of the recipe's cosine schedule}. The learning rate is large so that the
+    change after `steps` steps of the recipe's cosine schedule}. timm's tensors (weights, gradients, the
+    stepped weights) reach Keras's layout through the weight loader. The learning rate is large so that the
     float32 rounding of the weights stays far below the steps."""
     import types
 
     import keras
     import timm.optim
     import torch
-    from safetensors.torch import save_file
 
     import keras_vitnt
+    from keras_vitnt.models.tags import ARCHS
     from keras_vitnt.train import make_optimizer
+    from keras_vitnt.weights.convert import load_state_dict
 
-    def keras_model(path):
-        return keras_vitnt.create_model(name, weights=str(path), depth=depth, include_preprocessing=False,
-                                        classifier_activation=None)
+    def state(tensors):
+        return {k: v.detach().numpy().copy() for k, v in tensors.items()}
+
+    def keras_layout(tensors):  # timm's tensors -> Keras's weights, in the model's order
+        load_state_dict(scratch, state(tensors), family=ARCHS[name][0])
+        return [keras.ops.convert_to_numpy(v.value).copy() for v in scratch.trainable_variables]
 
     tm = perturbed_timm_model(name, seed=seed, depth=depth)
-    model = keras_model(save_checkpoint(tm, os.path.join(folder, f"{name}.start.safetensors")))
-    start = [keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables]
+    model, scratch = (keras_vitnt.create_model(name, weights=None, depth=depth, include_preprocessing=False,
+                                               classifier_activation=None) for _ in range(2))
+    start = keras_layout(tm.state_dict())
+    for v, value in zip(model.trainable_variables, start):
+        v.assign(value)
     cfg = types.SimpleNamespace(epochs=2, lr=lr, min_lr=lr / 100, warmup_epochs=0, layer_decay=layer_decay,
                                 weight_decay=weight_decay)
     opt = make_optimizer(cfg, steps, depth)
@@ -120,18 +126,16 @@ def layer_decay_steps(name, folder, depth=2, steps=3, layer_decay=0.5, weight_de
     reference = timm.optim.create_optimizer_v2(tm, "adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
                                                eps=opt.epsilon)
     g = torch.Generator().manual_seed(seed + 2)
-    for step in range(steps):
+    for _ in range(steps):
         grads = {k: torch.randn(v.shape, generator=g) for k, v in tm.state_dict().items()}
         grads = {k: v.sign() * (v.abs() + 0.5) for k, v in grads.items()}
-        path = os.path.join(folder, f"{name}.grads{step}.safetensors")
-        save_file(grads, path)
         lr_now = float(keras.ops.convert_to_numpy(opt.learning_rate))
         for group in reference.param_groups:  # timm's Scheduler.update_groups
             group["lr"] = lr_now * group["lr_scale"]
         for k, p in tm.named_parameters():
             p.grad = grads[k]
         reference.step()
-        opt.apply([w.value for w in keras_model(path).trainable_variables], model.trainable_variables)
-    stepped = keras_model(save_checkpoint(tm, os.path.join(folder, f"{name}.stepped.safetensors")))
-    return {v.path: relative_error(keras.ops.convert_to_numpy(v.value) - s, keras.ops.convert_to_numpy(w.value) - s)
-            for v, w, s in zip(model.trainable_variables, stepped.trainable_variables, start)}
+        opt.apply([keras.ops.convert_to_tensor(a) for a in keras_layout(grads)], model.trainable_variables)
+    stepped = keras_layout(tm.state_dict())
+    return {v.path: relative_error(keras.ops.convert_to_numpy(v.value) - s, w - s)
+            for v, w, s in zip(model.trainable_variables, stepped, start)}
