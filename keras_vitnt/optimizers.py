@@ -8,6 +8,7 @@ Imported with the package (like the layers), so that a model saved with its opti
 import re
 
 import keras
+from keras import ops
 
 # the model's top-level layers whose weights sit below block 0 (layer id 0): timm's "stem" group
 EMBEDDING_LAYERS = ("patch_embed", "cls_token", "pos_embed", "pixel_embed", "patch_pos", "preprocess", "norm_pre")
@@ -18,7 +19,8 @@ def layer_id(path, depth):
     TNT's parameters (`group_matcher`, `timm.optim.param_groups_layer_decay`): 0 for the embeddings (class,
     register and distillation tokens, position embeddings, patch/pixel embeddings, the pre-norm), i + 1 for
     block i, `depth` for the final norm (timm keeps it with the last block), depth + 1 for what follows it
-    (fc_norm, the attention pool, the heads)."""
+    (fc_norm, the attention pool, the heads). (A timm model without a head, num_classes=0, counts one
+    layer fewer: its top layer is `depth`; the recipe's models always have one.)"""
     m = re.match(r"blocks_(\d+)/", path)
     if m:
         return int(m.group(1)) + 1
@@ -85,6 +87,10 @@ class AdamW(keras.optimizers.AdamW):
         with torch.no_grad():
             Adam._parallel_update_step(self, grads, trainable_variables, learning_rate)
 
+    # True: weight decay runs in each variable's update at its scaled learning rate (LayerDecayAdamW), not
+    # in Keras's `_apply_weight_decay` before the update
+    _decay_in_update = False
+
     def _learning_rate_scale(self, index):
         """The factor on the learning rate of the `index`-th variable (1 here; layer decay scales it)."""
         return 1.0
@@ -94,7 +100,6 @@ def _torch_adam_update(opt, grads, variables, learning_rate):
     """Keras's PyTorch Adam update (keras/src/backend/torch/optimizers/torch_adam.py), op for op with
     the same operands, so the same float32 results; per variable instead of on lists of all of them."""
     import torch
-    from keras import ops
 
     dtype = variables[0].value.dtype
     lr = ops.cast(learning_rate, dtype)
@@ -107,6 +112,8 @@ def _torch_adam_update(opt, grads, variables, learning_rate):
             index = opt._get_variable_index(variable)
             m, v, value = opt._momentums[index].value, opt._velocities[index].value, variable.value
             scale = opt._learning_rate_scale(index)
+            if opt._decay_in_update and opt.weight_decay is not None and opt._use_weight_decay(variable):
+                value.mul_(1 - opt.weight_decay * lr * scale)
             m.mul_(opt.beta_1).add_(grad, alpha=1 - opt.beta_1)
             v.mul_(opt.beta_2).add_(torch.mul(grad, grad), alpha=1 - opt.beta_2)
             step = torch.mul(m, alpha if scale == 1.0 else alpha * scale)
@@ -117,6 +124,8 @@ def _torch_adam_update(opt, grads, variables, learning_rate):
 class LayerDecayAdamW(AdamW):
     """AdamW whose learning rate, its weight decay's included, is scaled per variable by
     `layer_decay ** (depth + 1 - layer_id)` (timm's layer-wise decay, its layer ids: see `layer_id`)."""
+
+    _decay_in_update = True
 
     def __init__(self, layer_decay=0.75, depth=12, **kwargs):
         super().__init__(**kwargs)
@@ -131,22 +140,15 @@ class LayerDecayAdamW(AdamW):
         return self._lr_scales[index]
 
     def _apply_weight_decay(self, variables):
-        """Weight decay at each variable's scaled learning rate (p -= p * wd * lr * scale), as timm's layer
-        decay scales a parameter group's whole learning rate, its decay's included. Keras's own weight decay
-        (TensorFlow's is distribution-aware) for each group of variables of one scale, its `weight_decay`
-        scaled while it runs; every backend reads it as it builds or runs that update."""
-        if self.weight_decay is None:
-            return
-        groups = {}
-        for variable in variables:
-            groups.setdefault(self._lr_scales[self._get_variable_index(variable)], []).append(variable)
-        weight_decay = self.weight_decay
-        try:
-            for scale, group in groups.items():
-                self.weight_decay = weight_decay * scale
-                super()._apply_weight_decay(group)
-        finally:
-            self.weight_decay = weight_decay
+        """Nothing here: each variable's weight decay runs in its own update (`update_step`, and on PyTorch
+        `_torch_adam_update`), at its scaled learning rate (p -= p * wd * lr * scale), as timm's layer
+        decay scales a parameter group's whole learning rate, its weight decay's included. (Per variable,
+        as TensorFlow's distributed update calls `update_step` for each variable on each replica.)"""
+
+    def _decay(self, variable, learning_rate):
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            wd = ops.cast(self.weight_decay, variable.dtype)
+            self.assign(variable, variable - variable * wd * ops.cast(learning_rate, variable.dtype))
 
     def _keras_torch_update(self, grads, trainable_variables, learning_rate):
         """Keras's list form has no per-variable learning rate: Keras's per-variable update, scaled below."""
@@ -155,6 +157,7 @@ class LayerDecayAdamW(AdamW):
 
     def update_step(self, gradient, variable, learning_rate):
         scale = self._lr_scales[self._get_variable_index(variable)]
+        self._decay(variable, learning_rate * scale)
         return super().update_step(gradient, variable, learning_rate * scale)
 
     def get_config(self):

@@ -29,13 +29,15 @@ def main(prefix, strategies):
     (_, _), (x_test, _) = load_digits(size=16)
     for strategy in strategies:
         out = f"{prefix}-{strategy.replace(':', '_')}"
-        # no augmentation, no drop path: the same data and computation on every replica count
+        # no augmentation, no drop path: the same data and computation on every replica count; layer decay, whose
+        # weight decay runs per variable in each replica's update
         cfg = TrainConfig(model="vit:Ti/4", weights="none", data="digits", image_size=16, epochs=2, warmup_epochs=0,
-                          batch_size=64, lr=2e-3, augment="none", flip=False, drop_path_rate=0.0, out=out,
-                          strategy=_strategy(strategy), overrides=dict(embed_dim=48, depth=2, num_heads=3))
+                          batch_size=64, lr=2e-3, augment="none", flip=False, drop_path_rate=0.0, layer_decay=0.75,
+                          out=out, strategy=_strategy(strategy), overrides=dict(embed_dim=48, depth=2, num_heads=3))
         result = train(cfg, verbose=0)
         report = {"out": result.out, "val_accuracy": result.val_accuracy, "loss": result.history["loss"],
-                  "predictions": keras.ops.convert_to_numpy(result.model(x_test[:64])).tolist()}
+                  "predictions": keras.ops.convert_to_numpy(result.model(x_test[:64])).tolist(),
+                  "optimizer": [type(result.model.optimizer).__name__, float(result.model.optimizer.weight_decay)]}
         # (called directly: predict_on_batch would distribute the batch, and gather it from every worker)
         if keras.backend.backend() == "jax":
             block = result.model.get_layer("blocks_0")

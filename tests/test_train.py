@@ -233,6 +233,8 @@ def test_mirrored_and_multiworker_runs_match_one_process(background_job):
     one, mirrored = _read_run(tmp_path / "one-none.json"), _read_run(tmp_path / "one-mirrored.json")
     chief, worker = _read_run(tmp_path / "mw-multiworker.json"), _read_run(tmp_path / "mw-multiworker.worker1.json")
     assert one["val_accuracy"] > 0.15  # it trained: chance is 0.1
+    for run in (one, mirrored, chief, worker):  # with layer decay (its weight decay per variable and replica)
+        assert run["optimizer"] == ["LayerDecayAdamW", 0.05], run["optimizer"]
     assert relative_error(chief["predictions"], one["predictions"]) < 1e-5
     assert relative_error(mirrored["predictions"], one["predictions"]) < 1e-4  # one replica with XLA, two without
     assert np.array_equal(worker["predictions"], chief["predictions"])
@@ -256,6 +258,7 @@ def test_jax_data_and_model_parallel_match_one_device(background_job):
     runs = {s: _read_run(tmp_path / f"j-{s}.json") for s in ("none", "data_parallel", "model_parallel")}
     # the recipe on JAX (test_backends leaves it to this test): it trains, and writes and reloads its run
     assert runs["none"]["devices"] == 2 and runs["none"]["val_accuracy"] > 0.15
+    assert all(run["optimizer"] == ["LayerDecayAdamW", 0.05] for run in runs.values()), runs
     assert {"model.keras", "best.keras", "summary.json", "log.csv", "curves.png"} <= set(
         os.listdir(tmp_path / "j-none"))
     from keras_vitnt.data.digits import load_digits
