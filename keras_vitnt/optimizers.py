@@ -47,9 +47,10 @@ class AdamW(keras.optimizers.AdamW):
 
     Two arguments beyond Keras's, both saved with the optimizer (Keras's `exclude_from_weight_decay`
     is not: a model reloaded from a `.keras` file would go on decaying what was excluded):
-    `weight_decay_exclude_names`: variable names (regular expressions searched in `variable.name`) to
-    exclude from weight decay, what `exclude_from_weight_decay(var_names=...)` sets (which also records
-    them); `weight_decay_exclude_1d`: also exclude every variable of at most one dimension (biases, norm
+    `weight_decay_exclude_names`: variable names (regular expressions searched in `variable.name`; Keras
+    searches the whole variable path on TensorFlow, e.g. "cls_token/reg_token", the bare name on JAX and
+    PyTorch) to exclude from weight decay, what `exclude_from_weight_decay(var_names=...)` sets (which
+    also records them); `weight_decay_exclude_1d`: also exclude every variable of at most one dimension (biases, norm
     scales, LayerScale), timm's `weight_decay_exclude_1d`."""
 
     def __init__(self, *args, weight_decay_exclude_names=None, weight_decay_exclude_1d=False, **kwargs):
