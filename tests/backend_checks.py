@@ -121,8 +121,8 @@ def _adamw_matches_keras():
     decay against timm's, on this backend: {"difference": {"amsgrad=False|True": the largest |difference| of any
     weight or optimizer slot after 3 `train_on_batch` steps from the same weights (a cosine schedule,
     weight decay with the recipe's exclusions)}, "layer_decay": {model: the largest relative error of any
-    weight's change against timm's layer-decay AdamW} (timm_oracle.layer_decay_steps: the recipe's
-    LayerDecayAdamW, 3 steps; Keras matches exclusion names against the whole path on TensorFlow and
+    weight's change against timm's layer-decay AdamW, and on PyTorch with amsgrad too} (timm_oracle.
+    layer_decay_steps: the recipe's LayerDecayAdamW, 3 steps; Keras matches exclusion names against the whole path on TensorFlow and
     against the variable's name on JAX and PyTorch), "own_updates": the steps the package's PyTorch update
     took}."""
     import keras
@@ -156,6 +156,8 @@ def _adamw_matches_keras():
             states.append([keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables + opt.variables])
         out["difference"][f"amsgrad={amsgrad}"] = max(float(np.max(np.abs(a - b))) for a, b in zip(*states))
     out["layer_decay"] = {name: max(layer_decay_steps(name).values()) for name in LAYER_DECAY_CASES}
+    if keras.backend.backend() == "torch":  # Keras's own update under LayerDecayAdamW (a GPU's path, or amsgrad)
+        out["layer_decay"]["amsgrad"] = max(layer_decay_steps(LAYER_DECAY_CASES[0], amsgrad=True).values())
     optimizers._torch_adam_update = own
     out["own_updates"] = len(calls)
     return out

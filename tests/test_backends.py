@@ -76,7 +76,9 @@ def test_the_package_adamw_is_keras_adamw_and_layer_decay_steps_as_timms(backend
     adamw = backend_runs[0][backend]["adamw"]
     assert adamw["difference"] == {"amsgrad=False": 0.0, "amsgrad=True": 0.0}, adamw
     assert adamw["own_updates"] == (6 if backend == "torch" else 0), adamw  # 3 steps of AdamW, 3 of layer decay
-    assert len(adamw["layer_decay"]) == 1 and max(adamw["layer_decay"].values()) < 1e-4, adamw
+    # on PyTorch also with amsgrad, where LayerDecayAdamW takes Keras's own update (as with weights on a GPU)
+    assert len(adamw["layer_decay"]) == (2 if backend == "torch" else 1), adamw
+    assert max(adamw["layer_decay"].values()) < 1e-4, adamw
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

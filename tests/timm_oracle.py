@@ -86,7 +86,7 @@ def ks_distance(a, b):
     return float(np.max(np.abs(cdf(a) - cdf(b))))
 
 
-def layer_decay_steps(name, depth=2, steps=3, layer_decay=0.5, weight_decay=0.05, lr=0.05, seed=0):
+def layer_decay_steps(name, depth=2, steps=3, layer_decay=0.5, weight_decay=0.05, lr=0.05, seed=0, amsgrad=False):
     """The recipe's optimizer with layer decay (`keras_vitnt.train.make_optimizer`: LayerDecayAdamW and its
     weight-decay exclusions) against timm's (`timm.optim.create_optimizer_v2(model, "adamw", layer_decay=...)`,
     whose scheduler sets each group's lr to lr x its lr_scale) on the same weights and gradients (random, new
@@ -94,7 +94,8 @@ def layer_decay_steps(name, depth=2, steps=3, layer_decay=0.5, weight_decay=0.05
     correction), moves nothing measurable), on this Keras backend: {weight path: relative error of its total
     change after `steps` steps of the recipe's cosine schedule}. timm's tensors (weights, gradients, the
     stepped weights) reach Keras's layout through the weight loader. The learning rate is large so that the
-    float32 rounding of the weights stays far below the steps."""
+    float32 rounding of the weights stays far below the steps. `amsgrad=True`: both with AMSGrad (on PyTorch
+    that takes Keras's own update, as weights on a GPU do, instead of the package's in-place one)."""
     import types
 
     import keras
@@ -122,9 +123,10 @@ def layer_decay_steps(name, depth=2, steps=3, layer_decay=0.5, weight_decay=0.05
     cfg = types.SimpleNamespace(epochs=2, lr=lr, min_lr=lr / 100, warmup_epochs=0, layer_decay=layer_decay,
                                 weight_decay=weight_decay)
     opt = make_optimizer(cfg, steps, depth)
+    opt.amsgrad = amsgrad  # before build, which makes its slots
     opt.build(model.trainable_variables)
     reference = timm.optim.create_optimizer_v2(tm, "adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
-                                               eps=opt.epsilon)
+                                               eps=opt.epsilon, amsgrad=amsgrad)
     g = torch.Generator().manual_seed(seed + 2)
     for _ in range(steps):
         grads = {k: torch.randn(v.shape, generator=g) for k, v in tm.state_dict().items()}
