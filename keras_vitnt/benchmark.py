@@ -137,24 +137,13 @@ def write_table(lines, out):
     written beside it, then linked to its name, which fails if the name exists (a rename would replace it)."""
     if not out:
         return
-    import uuid
+    from keras_vitnt.io_utils import write_text
 
     refuse_existing_out(out)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out)}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with open(tmp, "x") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, out)
-        except FileExistsError:
-            raise SystemExit(f"{out} exists; choose another --out (it was left untouched)") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        write_text(out, "\n".join(lines) + "\n", replace=False)
+    except FileExistsError:
+        raise SystemExit(f"{out} exists; choose another --out (it was left untouched)") from None
 
 
 def set_tf_threads(threads):

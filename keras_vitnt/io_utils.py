@@ -16,10 +16,11 @@ SIDECAR = "keras_vitnt.json"  # an export's metadata: inside a directory export;
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=""):
+def atomic_path(path, suffix="", replace=True):
     """Yields a temporary path beside `path`; renames it onto `path` when the block ends
     without an exception, deletes it otherwise. `suffix` keeps writers that check the
-    extension (`model.save` wants `.keras`) happy."""
+    extension (`model.save` wants `.keras`) happy. `replace=False`: links it to `path` instead,
+    which raises FileExistsError if `path` exists by then (a rename would replace it)."""
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -27,15 +28,21 @@ def atomic_path(path, suffix=""):
     tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            finally:
+                os.remove(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
 
 
-def write_text(path, text):
-    with atomic_path(path) as tmp:
+def write_text(path, text, replace=True):
+    with atomic_path(path, replace=replace) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
